@@ -1,0 +1,1 @@
+"""Fabric: a Crossplane composition function for Proxmox VE machines."""
