@@ -33,7 +33,7 @@ def field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         elif part.startswith(("function-", "function_")):
-            # pydantic puts validator names in the location of union members; they mean nothing here.
+            # pydantic puts validator names in the location of union members; meaningless here.
             continue
         else:
             path = f"{path}.{part}" if path else str(part)

@@ -8,6 +8,7 @@ the accepted forms into their messages; `errors.describe` adds field and value.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from typing import Annotated, Any, Literal
 
@@ -37,13 +38,13 @@ NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 UNIX_USER = r"^[a-z_][a-z0-9_-]{0,31}$"
 TF_IDENT = r"^[a-z][a-z0-9_]{0,62}$"
 K8S_NAME = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
-SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
+SECRET_KEY_NAME = r"^[-._a-zA-Z0-9]{1,253}$"  # noqa: S105 - a pattern, not a password
 # An OpenSSH public key line: type, base64 body, optional printable comment (no newlines).
 SSH_KEY = (
     r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
     r"@openssh\.com) [A-Za-z0-9+/]+={0,3}( [ -~]{1,200})?$"
 )
-# Flake references Fabric accepts: git+https, git+ssh and github: forms with ?ref/?rev/?dir and #attr.
+# Flake references Fabric accepts: git+https, git+ssh and github: with ?ref/?rev/?dir and #attr.
 FLAKE_REF = (
     r"^(git\+https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)+"
     r"|git\+ssh://([A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)+"
@@ -176,7 +177,7 @@ class SecretKeyRef(Strict):
 
     namespace: K8sName
     name: K8sName
-    key: Annotated[str, StringConstraints(pattern=SECRET_KEY)]
+    key: Annotated[str, StringConstraints(pattern=SECRET_KEY_NAME)]
 
 
 class BootstrapSecret(Strict):
@@ -481,8 +482,11 @@ def _vmid_range(inv: Inventory) -> None:
         msg = f"vmids.start {inv.vmids.start} is after vmids.end {inv.vmids.end}"
         raise ValueError(msg)
     held = set(inv.reserved_vmids) | {g.vmid for g in inv.unmanaged}
-    free = inv.vmids.end - inv.vmids.start + 1 - sum(
-        1 for v in held if inv.vmids.start <= v <= inv.vmids.end
+    free = (
+        inv.vmids.end
+        - inv.vmids.start
+        + 1
+        - sum(1 for v in held if inv.vmids.start <= v <= inv.vmids.end)
     )
     if free <= 0:
         msg = f"vmids {inv.vmids.start}-{inv.vmids.end} has no ID left after reserved IDs"
@@ -500,7 +504,7 @@ def _pools_disjoint(inv: Inventory) -> None:
         for name, net in inv.networks.items()
         if net.pool is not None
     )
-    for (_, end_a, name_a), (start_b, _, name_b) in zip(ranges, ranges[1:], strict=False):
+    for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(ranges):
         if start_b <= end_a:
             msg = f"address pools of networks {name_a} and {name_b} overlap"
             raise ValueError(msg)

@@ -1,0 +1,102 @@
+"""The ledger of what is taken, and allocation of VMIDs and addresses from it.
+
+The ledger is rebuilt on every call from the inventory and the fleet; nothing is
+remembered between calls. Allocation always takes the lowest free VMID or pool
+address, so two reconciles that see the same fleet hand out the same values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from function.model import Inventory, Network
+
+
+@dataclass
+class NodeUse:
+    """What is allocated on one node."""
+
+    cpu: int = 0
+    memory_mib: int = 0
+    machines: int = 0
+
+
+@dataclass
+class Ledger:
+    """Everything held by someone: node capacity, devices, VMIDs, addresses, spread groups."""
+
+    inv: Inventory
+    nodes: dict[str, NodeUse] = field(default_factory=dict)
+    device_holder: dict[str, str] = field(default_factory=dict)  # mapping -> machine key
+    vmid_holder: dict[int, str] = field(default_factory=dict)
+    address_holder: dict[ipaddress.IPv4Address, str] = field(default_factory=dict)
+    group_members: dict[tuple[str, str], str] = field(default_factory=dict)  # (group, node) -> key
+    _next_vmid: int = 0
+
+    @classmethod
+    def from_inventory(cls, inv: Inventory) -> Ledger:
+        """A ledger holding what the inventory itself reserves."""
+        ledger = cls(inv, nodes={n.name: NodeUse() for n in inv.nodes})
+        ledger._next_vmid = inv.vmids.start
+        for vmid in inv.reserved_vmids:
+            ledger.vmid_holder[vmid] = "reserved in the inventory"
+        for guest in inv.unmanaged:
+            ledger.vmid_holder[guest.vmid] = f"unmanaged {guest.kind} {guest.name}"
+            use = ledger.nodes[guest.node]
+            use.cpu += guest.cpu
+            use.memory_mib += guest.memory_mib
+        for image in inv.images.values():
+            for vmid in image.templates.values():
+                ledger.vmid_holder.setdefault(vmid, "an image template")
+        for net in inv.networks.values():
+            for address in net.reserved:
+                ledger.address_holder[address] = "reserved in the inventory"
+        return ledger
+
+    def take_node(self, node: str, cpu: int, memory_mib: int) -> None:
+        """Count a machine's size against a node (unknown nodes are kept as they are)."""
+        use = self.nodes.setdefault(node, NodeUse())
+        use.cpu += cpu
+        use.memory_mib += memory_mib
+        use.machines += 1
+
+    def free_memory_mib(self, node_name: str) -> int:
+        """Memory left on a node for new machines."""
+        node = self.inv.node(node_name)
+        if node is None:
+            return 0
+        capacity = int(node.memory * self.inv.overcommit.memory) - node.reserved_mib
+        return capacity - self.nodes[node_name].memory_mib
+
+    def free_cpu(self, node_name: str) -> int:
+        """VCPUs left on a node within the CPU overcommit ratio."""
+        node = self.inv.node(node_name)
+        if node is None:
+            return 0
+        return int(node.cpu * self.inv.overcommit.cpu) - self.nodes[node_name].cpu
+
+    def next_vmid(self) -> int | None:
+        """The lowest VMID in the inventory's range that nobody holds."""
+        vmid = self._next_vmid
+        while vmid <= self.inv.vmids.end and vmid in self.vmid_holder:
+            vmid += 1
+        # Everything below the cursor is taken; holds only ever add, so it never moves back.
+        self._next_vmid = vmid
+        return vmid if vmid <= self.inv.vmids.end else None
+
+    def next_address(self, network: Network) -> ipaddress.IPv4Interface | None:
+        """The lowest free address of a network's pool, with the network's prefix."""
+        if network.pool is None or network.cidr is None:
+            return None
+        for ip in _pool_addresses(network):
+            if ip not in self.address_holder and ip != network.gateway:
+                return ipaddress.IPv4Interface(f"{ip}/{network.cidr.prefixlen}")
+        return None
+
+
+def _pool_addresses(network: Network) -> Iterator[ipaddress.IPv4Address]:
+    assert network.pool is not None  # callers check
+    for number in range(int(network.pool.start), int(network.pool.end) + 1):
+        yield ipaddress.IPv4Address(number)

@@ -1,0 +1,163 @@
+"""What a machine needs, resolved against the inventory's catalogs.
+
+A claim names things (a size class, an image, device classes, a network); this
+module turns those names into concrete numbers and catalog entries, and refuses
+names the inventory does not know, listing the ones it does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from function.errors import FabricError, show_value
+from function.model import Defaults, Image, Inventory, MachineSpec, Network
+
+
+@dataclass(frozen=True)
+class DeviceDemand:
+    """A request for `count` devices whose class is one of `classes`."""
+
+    requested: str
+    classes: frozenset[str]
+    count: int
+
+
+@dataclass(frozen=True)
+class Demand:
+    """A machine's resolved needs: everything placement and rendering use from the claim."""
+
+    cpu: int
+    memory_mib: int
+    disk_gib: int
+    image_name: str
+    image: Image
+    devices: tuple[DeviceDemand, ...]
+    network_name: str | None
+    network: Network | None
+    address: str  # auto | dhcp | a static CIDR address
+    pool: str | None
+    spread_group: str | None
+    pin: str | None
+    strategy: str
+
+
+def _unknown(*, field: str, value: str, known: list[str]) -> FabricError:
+    accepted = ", ".join(sorted(known)) or "none defined in the inventory"
+    msg = f"{field}: {show_value(value)} is not known; accepted: {accepted}"
+    return FabricError(msg)
+
+
+def device_classes(inv: Inventory, requested: str) -> frozenset[str]:
+    """The concrete device classes a requested class matches (gpu -> gpu-nvidia, gpu-amd)."""
+    entry = inv.device_classes.get(requested)
+    matches = set(entry.matches) if entry else set()
+    return frozenset({requested} | matches)
+
+
+def _known_device_classes(inv: Inventory) -> set[str]:
+    on_nodes = {d.device_class for n in inv.nodes for d in n.devices}
+    return on_nodes | set(inv.device_classes)
+
+
+def _devices(spec: MachineSpec, inv: Inventory) -> tuple[DeviceDemand, ...]:
+    known = _known_device_classes(inv)
+    demands = []
+    for i, req in enumerate(spec.devices):
+        if req.device_class not in known:
+            raise _unknown(
+                field=f"spec.devices[{i}].class", value=req.device_class, known=list(known)
+            )
+        classes = device_classes(inv, req.device_class)
+        demands.append(DeviceDemand(req.device_class, classes, req.count))
+    return tuple(demands)
+
+
+def _image(spec: MachineSpec, inv: Inventory, from_class: str | None) -> tuple[str, Image]:
+    name = spec.image or from_class
+    if name is None:
+        msg = "spec.image: is required (or a class that sets image); accepted: " + ", ".join(
+            sorted(inv.images)
+        )
+        raise FabricError(msg)
+    if name not in inv.images:
+        raise _unknown(field="spec.image", value=name, known=list(inv.images))
+    return name, inv.images[name]
+
+
+def _check_static(address: str, name: str, network: Network) -> None:
+    iface = ipaddress.IPv4Interface(address)
+    if network.cidr is None:
+        msg = (
+            f"spec.network.address: {address!r} is static but network {name} has no cidr; use dhcp"
+        )
+        raise FabricError(msg)
+    if iface.network != network.cidr:
+        msg = (
+            f"spec.network.address: {address!r} is outside network {name} ({network.cidr}); "
+            f"accepted: an address in {network.cidr} with prefix /{network.cidr.prefixlen}"
+        )
+        raise FabricError(msg)
+    ip = iface.ip
+    taken = {network.cidr.network_address, network.cidr.broadcast_address, network.gateway}
+    if ip in taken or ip in network.reserved:
+        msg = (
+            f"spec.network.address: {address!r} is the network, broadcast, gateway or a reserved "
+            f"address of network {name}; accepted: a free host address in {network.cidr}"
+        )
+        raise FabricError(msg)
+
+
+def _network(spec: MachineSpec, inv: Inventory) -> tuple[str | None, Network | None, str]:
+    if spec.network is None:
+        return None, None, "dhcp"
+    name, address = spec.network.name, spec.network.address
+    if name not in inv.networks:
+        raise _unknown(field="spec.network.name", value=name, known=list(inv.networks))
+    network = inv.networks[name]
+    if address == "auto" and network.pool is None:
+        msg = (
+            f"spec.network.address: 'auto' needs an address pool, and network {name} has none; "
+            "accepted: dhcp" + (" or a static address" if network.cidr else "")
+        )
+        raise FabricError(msg)
+    if address not in ("auto", "dhcp"):
+        _check_static(address, name, network)
+    return name, network, address
+
+
+def _pool(spec: MachineSpec) -> str | None:
+    return spec.storage.pool
+
+
+def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
+    """Resolve a claim spec against the inventory; raise FabricError naming the bad field."""
+    size = None
+    if spec.size_class is not None:
+        if spec.size_class not in inv.classes:
+            raise _unknown(field="spec.class", value=spec.size_class, known=list(inv.classes))
+        size = inv.classes[spec.size_class]
+    image_name, image = _image(spec, inv, size.image if size else None)
+    disk = spec.disk or (size.disk if size else defaults.disk)
+    if image.min_disk and disk < image.min_disk:
+        msg = (
+            f"spec.disk: {disk}Gi is smaller than image {image_name}'s disk; "
+            f"accepted: {image.min_disk}Gi or more"
+        )
+        raise FabricError(msg)
+    network_name, network, address = _network(spec, inv)
+    return Demand(
+        cpu=spec.cpu or (size.cpu if size else defaults.cpu),
+        memory_mib=spec.memory or (size.memory if size else defaults.memory),
+        disk_gib=disk,
+        image_name=image_name,
+        image=image,
+        devices=_devices(spec, inv),
+        network_name=network_name,
+        network=network,
+        address=address,
+        pool=_pool(spec),
+        spread_group=spec.placement.spread_group,
+        pin=spec.placement.node,
+        strategy=spec.placement.strategy or inv.scoring,
+    )

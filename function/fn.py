@@ -1,0 +1,145 @@
+"""The gRPC RunFunction: convert the request, decide, write the response. Thin by design."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import crossplane.function.proto.v1.run_function_pb2 as fnv1
+import crossplane.function.proto.v1.run_function_pb2_grpc as grpcv1
+import grpc
+import pydantic
+from crossplane.function import logging, resource, response
+
+from function import pipeline, requirements, status, workspace
+from function.errors import describe
+from function.model import FunctionInput
+
+MAX_REQUEST_BYTES = 8 << 20
+MAX_FLEET = 5000
+
+
+class FunctionRunner(grpcv1.FunctionRunnerServiceServicer):
+    """A FunctionRunner handles gRPC RunFunctionRequests."""
+
+    def __init__(self) -> None:
+        """Create a new FunctionRunner."""
+        self.log = logging.get_logger()
+
+    async def RunFunction(  # noqa: N802 - the gRPC method name
+        self, req: fnv1.RunFunctionRequest, _: grpc.aio.ServicerContext | None = None
+    ) -> fnv1.RunFunctionResponse:
+        """Run the function. Errors become results; no exception escapes to gRPC."""
+        return run(req, self.log)
+
+
+def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
+    """Handle one request synchronously (also used by tests and benchmarks in-process)."""
+    rsp = response.to(req)
+    try:
+        _run(req, rsp, log)
+    except Exception as exc:
+        # Only the exception's type is logged: its text could quote claim data.
+        log.error("internal error", error=type(exc).__name__)  # noqa: TRY400 - a traceback could quote claim data
+        _internal_error(req, rsp, type(exc).__name__)
+    return rsp
+
+
+def _observed_workspace(req: fnv1.RunFunctionRequest) -> dict[str, Any] | None:
+    if workspace.RESOURCE_NAME in req.observed.resources:
+        return resource.struct_to_dict(req.observed.resources[workspace.RESOURCE_NAME].resource)
+    return None
+
+
+def _internal_error(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, what: str) -> None:
+    """Hold the observed Workspace if there is one; otherwise fail without touching anything."""
+    del rsp.results[:]
+    observed = _observed_workspace(req)
+    message = f"internal error in function-fabric ({what}); nothing was changed"
+    if observed is None:
+        response.fatal(rsp, message)
+        return
+    rsp.desired.resources[workspace.RESOURCE_NAME].resource.Clear()
+    resource.update(rsp.desired.resources[workspace.RESOURCE_NAME], workspace.held_copy(observed))
+    rsp.results.append(
+        fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=message, target=status.TARGET)
+    )
+
+
+def _parse_input(req: fnv1.RunFunctionRequest) -> FunctionInput | str:
+    raw = resource.struct_to_dict(req.input) if req.HasField("input") else {}
+    try:
+        return FunctionInput.model_validate(raw)
+    except pydantic.ValidationError as err:
+        return f"function input is invalid: {describe('input', err)}"
+
+
+def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) -> None:
+    fn_input = _parse_input(req)
+    if isinstance(fn_input, str):
+        _refuse(req, rsp, fn_input)
+        return
+    requirements.declare(rsp, fn_input.inventory)
+    if req.ByteSize() > MAX_REQUEST_BYTES:
+        _refuse(req, rsp, f"request is {req.ByteSize()} bytes; the limit is {MAX_REQUEST_BYTES}")
+        return
+    fleet_answer = requirements.answer(req, requirements.FLEET)
+    if fleet_answer.items is not None and len(fleet_answer.items) > MAX_FLEET:
+        _refuse(req, rsp, f"fleet has {len(fleet_answer.items)} machines; the limit is {MAX_FLEET}")
+        return
+    request = pipeline.Request(
+        xr=resource.struct_to_dict(req.observed.composite.resource),
+        observed_ws=_observed_workspace(req),
+        fn_input=fn_input,
+        inventory=requirements.answer(req, requirements.INVENTORY),
+        fleet=None if fleet_answer.items is None else requirements.to_dicts(fleet_answer.items),
+    )
+    decision = pipeline.decide(request)
+    _respond(rsp, request, decision)
+    log.info(
+        "reconciled",
+        machine=pipeline.machine_of(request.xr).key,
+        phase=decision.report.phase,
+        node=decision.report.placement.node if decision.report.placement else "",
+    )
+
+
+def _refuse(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, message: str) -> None:
+    """A problem with the function's own configuration or the request as a whole."""
+    observed = _observed_workspace(req)
+    if observed is None:
+        response.fatal(rsp, message)
+        return
+    resource.update(rsp.desired.resources[workspace.RESOURCE_NAME], workspace.held_copy(observed))
+    rsp.results.append(
+        fnv1.Result(
+            severity=fnv1.SEVERITY_WARNING,
+            message=f"the machine is held as it is: {message}",
+            target=status.TARGET,
+        )
+    )
+
+
+def _respond(
+    rsp: fnv1.RunFunctionResponse, request: pipeline.Request, decision: pipeline.Decision
+) -> None:
+    report = decision.report
+    ws_name = ""
+    if decision.desired_ws is not None:
+        desired = rsp.desired.resources[workspace.RESOURCE_NAME]
+        resource.update(desired, decision.desired_ws)
+        desired.ready = fnv1.READY_TRUE if decision.ready else fnv1.READY_FALSE
+        notes = (decision.desired_ws.get("metadata") or {}).get("annotations") or {}
+        ws_name = notes.get(workspace.EXTERNAL_NAME, "")
+    xr_status = status.xr_status(report, decision.inventory, request.observed_ws, ws_name)
+    resource.update(rsp.desired.composite, {"status": xr_status})
+    rsp.desired.composite.ready = fnv1.READY_TRUE if decision.ready else fnv1.READY_FALSE
+    rsp.conditions.extend(report.conditions)
+    for message in report.warnings:
+        rsp.results.append(
+            fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=message, target=status.TARGET)
+        )
+    for message in report.notices:
+        rsp.results.append(
+            fnv1.Result(severity=fnv1.SEVERITY_NORMAL, message=message, target=status.TARGET)
+        )
+    rsp.meta.ttl.FromTimedelta(decision.ttl)

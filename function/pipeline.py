@@ -1,0 +1,303 @@
+"""One reconcile, as data: parsed request in, a decision out.
+
+The decision is the desired Workspace (new, or the observed one held as it is),
+a report for the claim, readiness and how soon to be called again. Every path
+that cannot render a Workspace while one exists holds the existing one: a running
+VM is never deleted or replaced because of a bad claim, a broken inventory or a
+bug (DESIGN §6.1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from function import fleet, render, status, workspace, yamlio
+from function.demand import Demand, resolve
+from function.errors import FabricError, describe
+from function.model import DNS_LABEL, FunctionInput, Inventory, MachineSpec, intent
+from function.placement import Outcome, Placement, assign
+from function.requirements import Answer, to_dicts
+
+MAX_INVENTORY_BYTES = 1 << 20
+WAIT = dt.timedelta(seconds=30)
+PROVISIONING = dt.timedelta(minutes=1)
+STEADY = dt.timedelta(minutes=5)
+
+
+@dataclass
+class Request:
+    """What the function was given, already converted to plain data."""
+
+    xr: dict[str, Any]
+    observed_ws: dict[str, Any] | None
+    fn_input: FunctionInput
+    inventory: Answer
+    fleet: list[dict[str, Any]] | None  # None until Crossplane answers
+
+
+@dataclass
+class Decision:
+    """What to respond."""
+
+    report: status.Report
+    desired_ws: dict[str, Any] | None = None
+    ready: bool = False
+    ttl: dt.timedelta = WAIT
+    inventory: Inventory | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Hold(Exception):  # noqa: N818 - it is an outcome, not an error of the function
+    """Stop rendering: hold what exists and tell the user why."""
+
+    def __init__(self, *, phase: str, reason: str, message: str) -> None:
+        """Remember the phase, the condition reason and the user-facing message."""
+        super().__init__(message)
+        self.phase = phase
+        self.reason = reason
+        self.message = message
+
+
+# --- identity and inputs ----------------------------------------------------------------------
+
+
+def machine_of(xr: dict[str, Any]) -> render.Machine:
+    """Who this machine is; the hostname is the claim's (or XR's) name."""
+    meta = xr.get("metadata") or {}
+    key = fleet.machine_key(xr)
+    hostname = key.rsplit("/", 1)[-1]
+    return render.Machine(
+        key=key,
+        hostname=hostname,
+        xr_name=str(meta.get("name", "")),
+        xr_uid=str(meta.get("uid", "")),
+        namespace=meta.get("namespace") or None,
+    )
+
+
+def _check_hostname(machine: render.Machine) -> None:
+    if not re.match(DNS_LABEL, machine.hostname):
+        msg = (
+            f"metadata.name: {machine.hostname!r} cannot be a hostname; accepted: a DNS label "
+            "(lowercase letters, digits and '-', at most 63 characters)"
+        )
+        raise Hold(phase="Invalid", reason="InvalidName", message=msg)
+
+
+def parse_spec(xr: dict[str, Any]) -> MachineSpec:
+    """Validate the claim spec; a Hold names every bad field."""
+    try:
+        return MachineSpec.model_validate(intent(xr.get("spec") or {}))
+    except pydantic.ValidationError as err:
+        raise Hold(phase="Invalid", reason="InvalidSpec", message=describe("spec", err)) from None
+
+
+def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
+    """Find and validate the inventory ConfigMap; a Hold says what is wrong with it."""
+    src = fn_input.inventory
+    selector = ",".join(f"{k}={v}" for k, v in sorted(src.match_labels.items()))
+    if not answer.arrived:
+        msg = "waiting for Crossplane to fetch the inventory"
+        raise Hold(phase="Pending", reason="WaitingForInventory", message=msg)
+    found = to_dicts(answer.items or [])
+    if src.namespace:
+        found = [cm for cm in found if (cm.get("metadata") or {}).get("namespace") == src.namespace]
+    if len(found) != 1:
+        names = ", ".join(sorted(str((c.get("metadata") or {}).get("name")) for c in found))
+        what = f"{len(found)} ConfigMaps ({names})" if found else "no ConfigMap"
+        msg = f"inventory: {what} found with labels {selector}; accepted: exactly one"
+        raise Hold(phase="Pending", reason="InventoryUnavailable", message=msg)
+    text = (found[0].get("data") or {}).get(src.key)
+    name = (found[0].get("metadata") or {}).get("name")
+    if not isinstance(text, str):
+        msg = f"inventory: ConfigMap {name} has no key {src.key!r}"
+        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg)
+    if len(text.encode()) > MAX_INVENTORY_BYTES:
+        msg = f"inventory: ConfigMap {name} key {src.key} is over {MAX_INVENTORY_BYTES} bytes"
+        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg)
+    try:
+        data = yamlio.load_strict(text)
+    except Exception as exc:
+        msg = f"inventory: ConfigMap {name} key {src.key} is not valid YAML: {exc}"
+        msg = msg.replace("\n", " ")
+        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg) from None
+    try:
+        return Inventory.model_validate(data)
+    except pydantic.ValidationError as err:
+        msg = f"inventory: ConfigMap {name} is invalid: {describe('', err)}"
+        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg) from None
+
+
+# --- placement --------------------------------------------------------------------------------
+
+
+def _me(xr: dict[str, Any], observed_ws: dict[str, Any] | None, spec: MachineSpec) -> fleet.Member:
+    held = fleet.held_from_workspace(observed_ws) if observed_ws else None
+    if held is None:
+        held = fleet.held_from_status(xr.get("status") or {})
+    if observed_ws is not None and held is None:
+        # A Workspace exists but says nothing of where the VM lives: placing it again could
+        # pick another node or VMID and replace the VM. Hold it instead.
+        msg = "the observed Workspace carries no Fabric placement; it is held unchanged"
+        raise Hold(phase="Held", reason="UnexpectedWorkspace", message=msg)
+    meta = xr.get("metadata") or {}
+    return fleet.Member(
+        key=fleet.machine_key(xr),
+        created=str(meta.get("creationTimestamp") or ""),
+        spec=spec,
+        held=held,
+    )
+
+
+def drift(spec: MachineSpec, demand: Demand, placement: Placement) -> list[str]:
+    """Claim edits that would change a placed machine's placement: said, not done."""
+    notes = []
+    if demand.pin and demand.pin != placement.node:
+        notes.append(
+            f"spec.placement.node is {demand.pin} but the machine lives on {placement.node}; "
+            "moving a machine is an explicit act (delete and re-create the claim)"
+        )
+    wanted = sum(d.count for d in demand.devices)
+    if wanted != len(placement.devices):
+        notes.append(
+            f"spec.devices asks for {wanted} device(s); the machine holds {len(placement.devices)} "
+            "and keeps them until it is re-created"
+        )
+    if spec.network is not None and placement.network and spec.network.name != placement.network:
+        notes.append(
+            f"spec.network.name is {spec.network.name} but the machine is on {placement.network}; "
+            "it stays there until it is re-created"
+        )
+    return notes
+
+
+def _place(req: Request, spec: MachineSpec, demand: Demand, inv: Inventory) -> Outcome:
+    if req.fleet is None:
+        msg = "waiting for Crossplane to list the fleet"
+        raise Hold(phase="Pending", reason="WaitingForFleet", message=msg)
+    me = _me(req.xr, req.observed_ws, spec)
+    members = fleet.build(req.fleet, me)
+    return assign(inv, req.fn_input.defaults, members, me, demand)
+
+
+def _resolve(spec: MachineSpec, inv: Inventory, fn_input: FunctionInput) -> Demand:
+    try:
+        demand = resolve(spec, inv, fn_input.defaults)
+    except FabricError as err:
+        raise Hold(phase="Invalid", reason="InvalidSpec", message=str(err)) from None
+    if demand.pin is not None and inv.node(demand.pin) is None:
+        known = ", ".join(n.name for n in inv.nodes)
+        msg = f"spec.placement.node: {demand.pin!r} is not a node; accepted: {known}"
+        raise Hold(phase="Invalid", reason="InvalidSpec", message=msg)
+    return demand
+
+
+def decide(req: Request) -> Decision:
+    """Run one reconcile and decide what to respond."""
+    report = status.Report()
+    decision = Decision(report)
+    machine = machine_of(req.xr)
+    try:
+        _check_hostname(machine)
+        spec = parse_spec(req.xr)
+        inv = parse_inventory(req.inventory, req.fn_input)
+        decision.inventory = inv
+        demand = _resolve(spec, inv, req.fn_input)
+        outcome = _place(req, spec, demand, inv)
+        if outcome.placement is None:
+            raise _unschedulable(outcome)
+        report.placement = outcome.placement
+        _placed(
+            decision,
+            req=req,
+            machine=machine,
+            spec=spec,
+            demand=demand,
+            inv=inv,
+            placement=outcome.placement,
+        )
+    except Hold as hold:
+        _held(decision, req, hold)
+    return decision
+
+
+def _unschedulable(outcome: Outcome) -> Hold:
+    return Hold(phase="Unschedulable", reason="Unschedulable", message=outcome.unschedulable or "")
+
+
+def _placed(
+    decision: Decision,
+    *,
+    req: Request,
+    machine: render.Machine,
+    spec: MachineSpec,
+    demand: Demand,
+    inv: Inventory,
+    placement: Placement,
+) -> None:
+    report = decision.report
+    for note in drift(spec, demand, placement):
+        report.warn(note)
+    if inv.node(placement.node) is None:
+        report.warn(f"the inventory no longer lists node {placement.node}; the machine stays there")
+    try:
+        decision.desired_ws = render.workspace_manifest(
+            machine=machine,
+            spec=spec,
+            demand=demand,
+            placement=placement,
+            inv=inv,
+            fn_input=req.fn_input,
+        )
+    except FabricError as err:
+        phase = "Held" if req.observed_ws is not None else "Invalid"
+        raise Hold(phase=phase, reason="InvalidSpec", message=str(err)) from None
+    where = f"node {placement.node}, VMID {placement.vmid}"
+    report.condition("Scheduled", "True", "Placed", f"placed on {where}")
+    report.condition("Valid", "True", "SpecValid", "the claim is valid and applied")
+    if placement.fresh:
+        others = list(placement.considered[1:4])
+        alt = f" (also fitted: {', '.join(others)})" if others else ""
+        report.notice(f"placed on {where}{alt}")
+    report.phase = "Scheduled"
+    decision.ready = status.provisioning(report, req.observed_ws)
+    decision.ttl = STEADY if decision.ready else PROVISIONING
+
+
+def _held(decision: Decision, req: Request, hold: Hold) -> None:
+    report = decision.report
+    report.message = hold.message
+    if req.observed_ws is not None:
+        # Something exists: keep it exactly as it is and say why on the claim.
+        decision.desired_ws = workspace.held_copy(req.observed_ws)
+        held = fleet.held_from_workspace(req.observed_ws)
+        if held is not None:
+            report.placement = Placement(
+                held.node, held.vmid, held.devices, held.address, held.network, fresh=False
+            )
+        report.phase = "Held"
+        report.condition("Valid", "False", hold.reason, f"held as it is: {hold.message}")
+        report.warn(f"the machine is held as it is: {hold.message}")
+        decision.ready = status.provisioning(report, req.observed_ws)
+        report.phase = "Held"
+        decision.ttl = PROVISIONING
+        return
+    report.phase = hold.phase
+    if hold.phase == "Unschedulable":
+        report.condition("Scheduled", "False", "Unschedulable", hold.message)
+        report.warn(hold.message)
+    elif hold.phase == "Invalid":
+        report.condition("Scheduled", "False", "Invalid", hold.message)
+        report.condition("Valid", "False", hold.reason, hold.message)
+        report.warn(hold.message)
+    elif hold.reason.startswith("Waiting"):
+        report.condition("Scheduled", "False", hold.reason, hold.message)
+    else:
+        report.condition("Scheduled", "False", hold.reason, hold.message)
+        report.warn(hold.message)
+    decision.ttl = WAIT

@@ -1,0 +1,179 @@
+"""From a placed machine to its documents: user-data, meta-data, module and Workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from function import cloudinit, terraform, workspace, yamlio
+from function.demand import Demand
+from function.errors import FabricError
+from function.model import Device, FunctionInput, Inventory, MachineSpec
+from function.placement import Placement
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Who the machine is, as the XR tells it."""
+
+    key: str  # claim namespace/name, or the XR name
+    hostname: str
+    xr_name: str
+    xr_uid: str
+    namespace: str | None  # set for a namespaced (Crossplane v2) XR
+
+
+def held_devices(placement: Placement, inv: Inventory) -> tuple[Device, ...]:
+    """The inventory records of the devices a placement holds, in mapping order."""
+    node = inv.node(placement.node)
+    by_mapping = {d.mapping: d for d in node.devices} if node else {}
+    missing = [m for m in placement.devices if m not in by_mapping]
+    if missing:
+        msg = (
+            f"the inventory no longer lists device {', '.join(missing)} on node "
+            f"{placement.node}, which this machine holds"
+        )
+        raise FabricError(msg)
+    return tuple(by_mapping[m] for m in placement.devices)
+
+
+def guest_facts(
+    *,
+    machine: Machine,
+    spec: MachineSpec,
+    demand: Demand,
+    placement: Placement,
+    devices: tuple[Device, ...],
+    inv: Inventory,
+    fn_input: FunctionInput,
+) -> cloudinit.GuestFacts:
+    """What the user-data composer may know about the machine."""
+    network = None
+    if demand.network is not None and demand.network_name is not None:
+        net = demand.network
+        network = cloudinit.NetworkFact(
+            name=demand.network_name,
+            address=placement.address or "dhcp",
+            gateway=str(net.gateway) if net.gateway else None,
+            dns_servers=tuple(str(s) for s in net.dns.servers),
+            domain=net.dns.domain,
+            vlan=net.vlan,
+        )
+    return cloudinit.GuestFacts(
+        machine=machine.key,
+        hostname=machine.hostname,
+        admin_user=spec.bootstrap.admin_user or fn_input.defaults.admin_user,
+        ssh_keys=tuple(spec.bootstrap.ssh_authorized_keys),
+        timezone=fn_input.defaults.timezone,
+        os_family=demand.image.os,
+        roles=tuple(spec.roles),
+        devices=tuple(
+            cloudinit.DeviceFact(d.device_class, d.mapping, d.bus, tuple(d.ids), d.model)
+            for d in devices
+        ),
+        network=network,
+        secrets=tuple(s.name for s in spec.bootstrap.secrets),
+        flake_ref=spec.nix.flake_ref if spec.nix else None,
+        site_templates=dict(inv.templates),
+    )
+
+
+def meta_data(name: str, hostname: str) -> str:
+    """A fixed instance-id: edits to user-data or network never make a 'new instance'.
+
+    Proxmox would otherwise derive the instance-id from a hash of the data, and an
+    edit would rerun first-boot modules and regenerate SSH host keys.
+    """
+    return yamlio.dump({"instance-id": name, "local-hostname": hostname})
+
+
+def _check_secret_namespaces(spec: MachineSpec, machine: Machine) -> None:
+    # A namespaced Workspace can only read Secrets of its own namespace.
+    if machine.namespace is None:
+        return
+    for i, secret in enumerate(spec.bootstrap.secrets):
+        if secret.secret_ref.namespace != machine.namespace:
+            msg = (
+                f"spec.bootstrap.secrets[{i}].secretRef.namespace: "
+                f"{secret.secret_ref.namespace!r} is not the machine's namespace; "
+                f"accepted: {machine.namespace!r}"
+            )
+            raise FabricError(msg)
+
+
+def _template_vmid(demand: Demand, node: str) -> int:
+    vmid = demand.image.templates.get(node)
+    if vmid is None:
+        msg = (
+            f"spec.image: {demand.image_name!r} has no template on node {node}, where this "
+            f"machine lives; accepted: an image with a template on {node}"
+        )
+        raise FabricError(msg)
+    return vmid
+
+
+def workspace_manifest(
+    *,
+    machine: Machine,
+    spec: MachineSpec,
+    demand: Demand,
+    placement: Placement,
+    inv: Inventory,
+    fn_input: FunctionInput,
+) -> dict[str, object]:
+    """Render everything for a placed machine; FabricError when the claim cannot be rendered."""
+    devices = held_devices(placement, inv)
+    node = inv.node(placement.node)
+    if node is None:
+        msg = f"the inventory no longer lists node {placement.node}, where this machine lives"
+        raise FabricError(msg)
+    if spec.nix is not None and demand.image.os != "nixos":
+        msg = (
+            f"spec.nix: a flake needs a NixOS image, and {demand.image_name} is "
+            f"{demand.image.os}; accepted: an image with os nixos"
+        )
+        raise FabricError(msg)
+    _check_secret_namespaces(spec, machine)
+    facts = guest_facts(
+        machine=machine,
+        spec=spec,
+        demand=demand,
+        placement=placement,
+        devices=devices,
+        inv=inv,
+        fn_input=fn_input,
+    )
+    user_data = cloudinit.compose(facts)
+    name = workspace.external_name(machine.xr_uid, machine.xr_name, machine.namespace)
+    shape = terraform.VmShape(
+        name=name,
+        hostname=machine.hostname,
+        description=f"Managed by Fabric for {machine.key}. Edit the Machine claim, not this VM.",
+        node=placement.node,
+        vmid=placement.vmid,
+        template_vmid=_template_vmid(demand, placement.node),
+        cpu=demand.cpu,
+        memory_mib=demand.memory_mib,
+        disk_gib=demand.disk_gib,
+        pool=demand.pool or node.pool,
+        snippets_datastore=node.snippets_datastore,
+        tags=("fabric", *spec.roles),
+        devices=devices,
+        network=demand.network,
+        address=placement.address,
+        user_data=user_data,
+        meta_data=meta_data(name, machine.hostname),
+        secret_names=tuple(s.name for s in spec.bootstrap.secrets),
+    )
+    module_json = terraform.to_json(terraform.module(shape))
+    return workspace.manifest(
+        workspace.WorkspaceShape(
+            external_name=name,
+            machine_key=machine.key,
+            namespaced=machine.namespace is not None,
+            provider_config=fn_input.provider_config_name,
+            deletion_policy=spec.deletion_policy or fn_input.deletion_policy,
+            held=placement.held(),
+            module_json=module_json,
+            secrets=tuple(spec.bootstrap.secrets),
+        )
+    )

@@ -1,0 +1,136 @@
+"""What the claim shows: phase, placement, conditions and events.
+
+Crossplane copies the XR status to the claim, and conditions and results aimed at
+COMPOSITE_AND_CLAIM land on the claim too, so `kubectl describe machine` is where
+users read all of it. A FATAL result never reaches the claim: user-facing problems
+are warnings plus a condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import crossplane.function.proto.v1.run_function_pb2 as fnv1
+
+from function import workspace
+from function.model import Inventory
+from function.placement import Placement
+
+TARGET = fnv1.TARGET_COMPOSITE_AND_CLAIM
+_STATUS = {
+    "True": fnv1.STATUS_CONDITION_TRUE,
+    "False": fnv1.STATUS_CONDITION_FALSE,
+    "Unknown": fnv1.STATUS_CONDITION_UNKNOWN,
+}
+# Terraform errors can be long; the claim shows the part a person reads first.
+MAX_MESSAGE = 1024
+
+
+@dataclass
+class Report:
+    """Everything this call tells the user, collected while the pipeline runs."""
+
+    phase: str = "Pending"
+    message: str = ""
+    placement: Placement | None = None
+    warnings: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    conditions: list[fnv1.Condition] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        """Add a warning event (shown on the claim)."""
+        self.warnings.append(_clip(message))
+
+    def notice(self, message: str) -> None:
+        """Add a normal event (shown on the claim)."""
+        self.notices.append(_clip(message))
+
+    def condition(self, kind: str, state: str, reason: str, message: str = "") -> None:
+        """Set a condition on the XR and the claim (a later one of the same type wins)."""
+        self.conditions = [c for c in self.conditions if c.type != kind]
+        cond = fnv1.Condition(type=kind, status=_STATUS[state], reason=reason, target=TARGET)
+        if message:
+            cond.message = _clip(message)
+        self.conditions.append(cond)
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def _ip(placement: Placement | None, outputs: dict[str, Any]) -> str:
+    observed = outputs.get("ipv4")
+    if isinstance(observed, str) and observed:
+        return observed
+    if placement is not None and placement.address:
+        return placement.address.split("/", 1)[0]
+    return ""
+
+
+def _devices(placement: Placement, inv: Inventory | None) -> list[dict[str, str]]:
+    node = inv.node(placement.node) if inv else None
+    known = {d.mapping: d for d in node.devices} if node else {}
+    out = []
+    for mapping in placement.devices:
+        dev = known.get(mapping)
+        entry = {"mapping": mapping, "node": placement.node}
+        if dev is not None:
+            entry["class"] = dev.device_class
+            if dev.address:
+                entry["id"] = dev.address
+        out.append(entry)
+    return out
+
+
+def xr_status(
+    report: Report, inv: Inventory | None, observed_ws: dict[str, Any] | None, ws_name: str
+) -> dict[str, Any]:
+    """The XR status (copied to the claim): the printer columns read these fields."""
+    status: dict[str, Any] = {"phase": report.phase}
+    if report.message:
+        status["message"] = report.message
+    placement = report.placement
+    if placement is not None:
+        status["node"] = placement.node
+        status["vmId"] = placement.vmid
+        status["devices"] = _devices(placement, inv)
+        if placement.address:
+            status["address"] = placement.address
+        if placement.network:
+            status["network"] = placement.network
+        ip = _ip(placement, workspace.outputs(observed_ws))
+        if ip:
+            status["ip"] = ip
+        if ws_name:
+            status["workspace"] = ws_name
+    return status
+
+
+def provisioning(report: Report, observed_ws: dict[str, Any] | None) -> bool:
+    """Read the observed Workspace into phase and a Provisioned condition; True when Running."""
+    if observed_ws is None:
+        report.condition(
+            "Provisioned", "False", "Pending", "the Workspace has not been created yet"
+        )
+        return False
+    synced = workspace.condition(observed_ws, "Synced")
+    ready = workspace.condition(observed_ws, "Ready")
+    if synced is not None and synced.get("status") == "False":
+        error = str(synced.get("message") or synced.get("reason") or "unknown error")
+        report.phase = "Provisioning"
+        report.condition("Provisioned", "False", "ApplyFailed", f"Terraform failed: {error}")
+        report.warn(f"Terraform failed for this machine: {error}")
+        return False
+    if ready is not None and ready.get("status") == "True":
+        report.phase = "Running"
+        report.condition("Provisioned", "True", "Available", "the VM exists and matches the claim")
+        return True
+    report.phase = "Provisioning"
+    detail = ""
+    if ready is not None:
+        since = ready.get("lastTransitionTime")
+        reason = ready.get("message") or ready.get("reason") or ""
+        detail = f" (not ready since {since}: {reason})" if since else f" ({reason})"
+    report.condition("Provisioned", "False", "Applying", "Terraform is applying" + detail)
+    return False

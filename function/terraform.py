@@ -1,0 +1,255 @@
+"""The bpg/proxmox Terraform module, built as data and serialized as JSON.
+
+Terraform reads every string in a JSON module as a template, so literal text
+that contains `${` or `%{` must be escaped as `$${` / `%%{`. Strings that are
+meant as expressions are wrapped in `Expr`; every other string is escaped when
+the module is serialized, whatever its origin. Attributes that would make the
+provider replace the VM on a later edit (the clone source and the cloud-init
+file ids) are in `lifecycle.ignore_changes`: a running VM is never replaced
+because a claim, an image or a template changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from function import secrets
+from function.model import Device, Network
+
+PROVIDER_SOURCE = "bpg/proxmox"
+# Tested against the schemas of 0.80.0 through 0.111.x; 1.0 may drop the names we use.
+PROVIDER_VERSION = ">= 0.80.0, < 1.0.0"
+FILE = "proxmox_virtual_environment_file"
+VM = "proxmox_virtual_environment_vm"
+# Below provider-terraform's 20-minute limit for a whole run, so bpg gives up first and says why.
+TIMEOUT_SECONDS = 900
+# Edits to these would force a new VM; Fabric never lets a claim edit do that.
+VM_IGNORE_CHANGES = [
+    "clone",
+    "initialization[0].user_data_file_id",
+    "initialization[0].meta_data_file_id",
+]
+# User-data is written once, at creation: a later edit must not change the snippet, or the
+# next cold boot would see new instance data (see meta-data below) or a half-applied config.
+FILE_IGNORE_CHANGES = ["source_raw"]
+
+
+class Expr(str):
+    """A Terraform expression, written into the module without escaping."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, expression: str) -> Expr:
+        """Wrap a bare expression as an interpolation."""
+        return cls("${" + expression + "}")
+
+
+def escape(text: str) -> str:
+    """Make literal text safe inside a Terraform template string."""
+    return text.replace("${", "$${").replace("%{", "%%{")
+
+
+def secret_variable(name: str) -> str:
+    """The Terraform variable that carries a bootstrap secret."""
+    return f"secret_{name}"
+
+
+def with_secrets(user_data: str) -> Expr:
+    """Escape user-data, then let Terraform put each secret where its marker stands.
+
+    A secret is spliced as a JSON string, which is also a valid YAML scalar, so a
+    value with quotes or newlines cannot change the document's structure.
+    """
+    text = escape(user_data)
+    for name in secrets.markers_in(user_data):
+        text = text.replace(
+            secrets.marker(name), "${jsonencode(var." + secret_variable(name) + ")}"
+        )
+    return Expr(text)
+
+
+def _escape_all(value: Any) -> Any:
+    if isinstance(value, Expr):
+        return str(value)
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {k: _escape_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_all(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class VmShape:
+    """Everything the module needs, resolved and checked by the caller."""
+
+    name: str  # external name: unique, stable; names the snippets
+    hostname: str
+    description: str
+    node: str
+    vmid: int
+    template_vmid: int
+    cpu: int
+    memory_mib: int
+    disk_gib: int
+    pool: str
+    snippets_datastore: str
+    tags: tuple[str, ...]
+    devices: tuple[Device, ...]
+    network: Network | None
+    address: str | None  # static CIDR address; None means DHCP
+    user_data: str
+    meta_data: str
+    secret_names: tuple[str, ...]
+
+
+def _snippet(shape: VmShape, kind: str, data: Expr | str) -> dict[str, Any]:
+    return {
+        "content_type": "snippets",
+        "datastore_id": shape.snippets_datastore,
+        "node_name": shape.node,
+        "source_raw": [{"data": data, "file_name": f"{shape.name}-{kind}.yaml"}],
+        "lifecycle": {"ignore_changes": FILE_IGNORE_CHANGES},
+    }
+
+
+def _ip_config(shape: VmShape) -> list[dict[str, Any]]:
+    if shape.address is None:
+        return [{"ipv4": [{"address": "dhcp"}]}]
+    ipv4: dict[str, Any] = {"address": shape.address}
+    if shape.network is not None and shape.network.gateway is not None:
+        ipv4["gateway"] = str(shape.network.gateway)
+    return [{"ipv4": [ipv4]}]
+
+
+def _initialization(shape: VmShape) -> dict[str, Any]:
+    init: dict[str, Any] = {
+        "datastore_id": shape.pool,
+        "ip_config": _ip_config(shape),
+        "user_data_file_id": Expr.of(f"{FILE}.user_data.id"),
+        "meta_data_file_id": Expr.of(f"{FILE}.meta_data.id"),
+    }
+    net = shape.network
+    if net is not None and (net.dns.servers or net.dns.domain):
+        dns: dict[str, Any] = {"servers": [str(s) for s in net.dns.servers]}
+        if net.dns.domain:
+            dns["domain"] = net.dns.domain
+        init["dns"] = [dns]
+    return init
+
+
+def _passthrough(devices: tuple[Device, ...]) -> dict[str, Any]:
+    """Hostpci entries by resource mapping (raw ids fail with API tokens) and usb by mapping."""
+    out: dict[str, Any] = {}
+    pci = [d for d in devices if d.bus == "pci"]
+    usb = [d for d in devices if d.bus == "usb"]
+    if pci:
+        entries = []
+        for index, dev in enumerate(pci):
+            # Without an explicit rombar the provider sends rombar=0, which breaks most GPUs.
+            entry: dict[str, Any] = {
+                "device": f"hostpci{index}",
+                "mapping": dev.mapping,
+                "pcie": dev.pcie,
+                "rombar": True,
+            }
+            if dev.primary_gpu:
+                entry["xvga"] = True
+            entries.append(entry)
+        out["hostpci"] = entries
+        if any(d.pcie for d in pci):
+            out["machine"] = "q35"  # pcie=true needs the q35 machine type
+    if usb:
+        out["usb"] = [{"mapping": d.mapping, "usb3": True} for d in usb]
+    return out
+
+
+def _vm(shape: VmShape) -> dict[str, Any]:
+    vm: dict[str, Any] = {
+        "name": shape.hostname,
+        "description": shape.description,
+        "node_name": shape.node,
+        "vm_id": shape.vmid,
+        "tags": sorted(shape.tags),  # Proxmox sorts tags; unsorted ones diff forever
+        "on_boot": True,
+        "started": True,
+        "stop_on_destroy": True,
+        "scsi_hardware": "virtio-scsi-single",
+        "clone": [{"vm_id": shape.template_vmid, "full": True}],
+        "agent": [{"enabled": True}],
+        "cpu": [{"cores": shape.cpu, "type": "host"}],
+        "memory": [{"dedicated": shape.memory_mib}],
+        "disk": [
+            {
+                "interface": "scsi0",
+                "datastore_id": shape.pool,
+                "size": shape.disk_gib,
+                "iothread": True,
+                "discard": "on",
+                "ssd": True,
+            }
+        ],
+        "operating_system": [{"type": "l26"}],
+        "initialization": [_initialization(shape)],
+        "timeout_clone": TIMEOUT_SECONDS,
+        "timeout_create": TIMEOUT_SECONDS,
+        "timeout_start_vm": TIMEOUT_SECONDS,
+        "lifecycle": {"ignore_changes": VM_IGNORE_CHANGES},
+    }
+    if shape.network is not None:
+        nic: dict[str, Any] = {"bridge": shape.network.bridge, "model": "virtio"}
+        if shape.network.vlan is not None:
+            nic["vlan_id"] = shape.network.vlan
+        vm["network_device"] = [nic]
+    vm.update(_passthrough(shape.devices))
+    return vm
+
+
+def _outputs(shape: VmShape) -> dict[str, Any]:
+    if shape.address is not None:
+        ipv4: str = shape.address.split("/", 1)[0]
+    else:
+        # ipv4_addresses is one list per interface, loopback included, empty until the agent runs.
+        ipv4 = Expr.of(
+            f"try([for ips in {VM}.machine.ipv4_addresses : ips[0] "
+            f'if length(ips) > 0 && ips[0] != "127.0.0.1"][0], "")'
+        )
+    return {
+        "vm_id": {"value": Expr.of(f"{VM}.machine.vm_id")},
+        "node": {"value": Expr.of(f"{VM}.machine.node_name")},
+        "ipv4": {"value": ipv4},
+    }
+
+
+def module(shape: VmShape) -> dict[str, Any]:
+    """The Terraform JSON module for one machine, every literal string escaped."""
+    doc: dict[str, Any] = {
+        "terraform": {
+            "required_providers": {
+                "proxmox": {"source": PROVIDER_SOURCE, "version": PROVIDER_VERSION}
+            }
+        },
+        "resource": {
+            FILE: {
+                "user_data": _snippet(shape, "user-data", with_secrets(shape.user_data)),
+                "meta_data": _snippet(shape, "meta-data", shape.meta_data),
+            },
+            VM: {"machine": _vm(shape)},
+        },
+        "output": _outputs(shape),
+    }
+    if shape.secret_names:
+        doc["variable"] = {
+            secret_variable(n): {"type": "string", "sensitive": True}
+            for n in sorted(shape.secret_names)
+        }
+    return _escape_all(doc)
+
+
+def to_json(doc: dict[str, Any]) -> str:
+    """Serialize a module deterministically (sorted keys, stable indentation)."""
+    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False)

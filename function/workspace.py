@@ -1,0 +1,141 @@
+"""The provider-terraform Workspace that carries a machine's module.
+
+The Workspace records the placement in its annotations so that a later call,
+any function version, reads it back and keeps the machine where it is. A
+cluster-scoped XR composes the cluster-scoped `tf.upbound.io` Workspace; a
+namespaced (Crossplane v2) XR composes the namespaced `tf.m.upbound.io` one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from function.fleet import ANNOTATION_PREFIX, Held
+from function.model import BootstrapSecret
+
+EXTERNAL_NAME = "crossplane.io/external-name"
+CLUSTER_API = "tf.upbound.io/v1beta1"
+NAMESPACED_API = "tf.m.upbound.io/v1beta1"
+RESOURCE_NAME = "workspace"
+# Orphan on a namespaced Workspace: every management action but Delete.
+KEEP_POLICIES = ["Observe", "Create", "Update", "LateInitialize"]
+
+
+@dataclass(frozen=True)
+class WorkspaceShape:
+    """What the Workspace manifest is built from."""
+
+    external_name: str
+    machine_key: str
+    namespaced: bool
+    provider_config: str
+    deletion_policy: str  # Delete | Orphan
+    held: Held
+    module_json: str
+    secrets: tuple[BootstrapSecret, ...]
+
+
+def external_name(xr_uid: str, xr_name: str, xr_namespace: str | None) -> str:
+    """A unique, stable external name: Terraform state is keyed by it.
+
+    The XR's UID makes it unique even when a claim of the same name is deleted with
+    Orphan and created again: the new machine must not adopt the old one's state.
+    """
+    if xr_uid:
+        return f"fabric-{xr_uid}"
+    # crossplane render without a uid: derive a stable name from the identity instead.
+    digest = hashlib.sha256(f"{xr_namespace or ''}/{xr_name}".encode()).hexdigest()[:16]
+    return f"fabric-{digest}"
+
+
+def placement_annotations(held: Held) -> dict[str, str]:
+    """The placement, as annotations the next call reads back (see fleet.held_from_workspace)."""
+    notes = {
+        ANNOTATION_PREFIX + "node": held.node,
+        ANNOTATION_PREFIX + "vmid": str(held.vmid),
+        ANNOTATION_PREFIX + "devices": ",".join(held.devices),
+    }
+    if held.address:
+        notes[ANNOTATION_PREFIX + "address"] = held.address
+    if held.network:
+        notes[ANNOTATION_PREFIX + "network"] = held.network
+    return notes
+
+
+def _env(shape: WorkspaceShape) -> list[dict[str, Any]]:
+    env = []
+    for secret in sorted(shape.secrets, key=lambda s: s.name):
+        ref: dict[str, str] = {"name": secret.secret_ref.name, "key": secret.secret_ref.key}
+        if not shape.namespaced:
+            ref["namespace"] = secret.secret_ref.namespace
+        # Terraform reads TF_VAR_<name> as the variable's value; the function never sees it.
+        env.append({"name": f"TF_VAR_secret_{secret.name}", "secretKeyRef": ref})
+    return env
+
+
+def manifest(shape: WorkspaceShape) -> dict[str, Any]:
+    """The Workspace as the desired composed resource."""
+    for_provider: dict[str, Any] = {
+        "source": "Inline",
+        "inlineFormat": "JSON",
+        "module": shape.module_json,
+    }
+    env = _env(shape)
+    if env:
+        for_provider["env"] = env
+    spec: dict[str, Any] = {"forProvider": for_provider}
+    if shape.namespaced:
+        spec["providerConfigRef"] = {"kind": "ClusterProviderConfig", "name": shape.provider_config}
+        if shape.deletion_policy == "Orphan":
+            spec["managementPolicies"] = KEEP_POLICIES
+    else:
+        spec["providerConfigRef"] = {"name": shape.provider_config}
+        spec["deletionPolicy"] = shape.deletion_policy
+    annotations = {EXTERNAL_NAME: shape.external_name, **placement_annotations(shape.held)}
+    annotations[ANNOTATION_PREFIX + "machine"] = shape.machine_key
+    return {
+        "apiVersion": NAMESPACED_API if shape.namespaced else CLUSTER_API,
+        "kind": "Workspace",
+        "metadata": {
+            "annotations": dict(sorted(annotations.items())),
+            "labels": {ANNOTATION_PREFIX + "node": shape.held.node},
+        },
+        "spec": spec,
+    }
+
+
+def held_copy(observed: dict[str, Any]) -> dict[str, Any]:
+    """The observed Workspace as a desired resource: exactly what exists, nothing the server owns.
+
+    Used when this call cannot render a new Workspace (bad claim, broken inventory,
+    internal error): returning the Workspace unchanged keeps the VM as it is.
+    """
+    meta = observed.get("metadata") or {}
+    kept_meta = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
+    return {
+        "apiVersion": observed.get("apiVersion", CLUSTER_API),
+        "kind": observed.get("kind", "Workspace"),
+        "metadata": kept_meta,
+        "spec": observed.get("spec") or {},
+    }
+
+
+def outputs(observed: dict[str, Any] | None) -> dict[str, Any]:
+    """The Workspace's Terraform outputs, as provider-terraform reports them."""
+    if not observed:
+        return {}
+    at = (observed.get("status") or {}).get("atProvider") or {}
+    found = at.get("outputs") or {}
+    return found if isinstance(found, dict) else {}
+
+
+def condition(observed: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    """One status condition of the observed Workspace, if present."""
+    if not observed:
+        return None
+    for cond in (observed.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == kind:
+            return cond
+    return None

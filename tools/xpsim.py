@@ -1,0 +1,194 @@
+"""A small stand-in for Crossplane's side of the function protocol.
+
+The Crossplane CLI cannot be installed where Fabric is developed and tested, so
+this module does what `crossplane render` and the composition controller do
+with a function: build the RunFunctionRequest from an XR, the observed composed
+resources and the step's input; answer the function's requirements from an
+in-memory set of cluster objects, the 1.x way (`extra_resources`, label
+selectors) or the 2.x way (`required_resources`); call again until the
+requirements are stable, at most five times. It talks to the function over a
+real gRPC channel, exactly as Crossplane does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import crossplane.function.proto.v1.run_function_pb2 as fnv1
+import crossplane.function.proto.v1.run_function_pb2_grpc as grpcv1
+import grpc
+import yaml
+from crossplane.function import resource
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_CALLS = 5
+
+
+def load_yaml(path: Path | str) -> dict[str, Any]:
+    """Read one YAML document from the repository."""
+    return yaml.safe_load(Path(ROOT, path).read_text())
+
+
+def composition_input(path: str = "compositions/composition.yaml") -> dict[str, Any]:
+    """The function input of the fabric step of a Composition."""
+    comp = load_yaml(path)
+    for step in comp["spec"]["pipeline"]:
+        if step["functionRef"]["name"] == "function-fabric":
+            return step["input"]
+    msg = f"{path} has no function-fabric step"
+    raise ValueError(msg)
+
+
+def _labels_match(obj: dict[str, Any], labels: dict[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+@dataclass
+class Cluster:
+    """The objects a requirement can select."""
+
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def select(self, sel: fnv1.ResourceSelector, *, v2: bool) -> list[dict[str, Any]]:
+        """The objects a selector matches; namespaces are honoured only by Crossplane 2.x."""
+        out = []
+        for obj in self.objects:
+            if obj.get("apiVersion") != sel.api_version or obj.get("kind") != sel.kind:
+                continue
+            meta = obj.get("metadata") or {}
+            if v2 and sel.HasField("namespace") and meta.get("namespace") != sel.namespace:
+                continue
+            which = sel.WhichOneof("match")
+            if which == "match_name" and meta.get("name") != sel.match_name:
+                continue
+            if which == "match_labels" and not _labels_match(obj, dict(sel.match_labels.labels)):
+                continue
+            out.append(obj)
+        return sorted(
+            out, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        )
+
+
+def request(
+    xr: dict[str, Any],
+    fn_input: dict[str, Any] | None,
+    observed: dict[str, dict[str, Any]] | None = None,
+    tag: str = "",
+) -> fnv1.RunFunctionRequest:
+    """A first-call request: the XR, its observed composed resources and the input."""
+    req = fnv1.RunFunctionRequest(
+        meta=fnv1.RequestMeta(tag=tag),
+        observed=fnv1.State(composite=fnv1.Resource(resource=resource.dict_to_struct(xr))),
+    )
+    if fn_input is not None:
+        req.input.CopyFrom(resource.dict_to_struct(fn_input))
+    for name, obj in (observed or {}).items():
+        req.observed.resources[name].resource.CopyFrom(resource.dict_to_struct(obj))
+    return req
+
+
+def answer(
+    req: fnv1.RunFunctionRequest,
+    rsp: fnv1.RunFunctionResponse,
+    cluster: Cluster,
+    *,
+    v2: bool,
+) -> fnv1.RunFunctionRequest:
+    """The next request: the same one with the function's requirements answered."""
+    nxt = fnv1.RunFunctionRequest()
+    nxt.CopyFrom(req)
+    nxt.ClearField("extra_resources")
+    nxt.ClearField("required_resources")
+    selectors = rsp.requirements.resources if v2 else rsp.requirements.extra_resources
+    target = nxt.required_resources if v2 else nxt.extra_resources
+    for name, sel in selectors.items():
+        found = cluster.select(sel, v2=v2)
+        target[name].SetInParent()
+        for obj in found:
+            target[name].items.add().resource.CopyFrom(resource.dict_to_struct(obj))
+    return nxt
+
+
+def _reqs_key(rsp: fnv1.RunFunctionResponse, *, v2: bool) -> bytes:
+    reqs = rsp.requirements.resources if v2 else rsp.requirements.extra_resources
+    return b"".join(
+        name.encode() + reqs[name].SerializeToString(deterministic=True) for name in sorted(reqs)
+    )
+
+
+def converge(
+    call: Any, req: fnv1.RunFunctionRequest, cluster: Cluster, *, v2: bool = False
+) -> fnv1.RunFunctionResponse:
+    """Call until the requirements are stable or a result is fatal, like Crossplane does."""
+    rsp = call(req)
+    for _ in range(MAX_CALLS - 1):
+        if any(r.severity == fnv1.SEVERITY_FATAL for r in rsp.results):
+            return rsp
+        nxt = answer(req, rsp, cluster, v2=v2)
+        again = call(nxt)
+        if _reqs_key(again, v2=v2) == _reqs_key(rsp, v2=v2):
+            return again
+        req, rsp = nxt, again
+    return rsp
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(*args: str, port: int | None = None) -> Iterator[str]:
+    """Run the function as Crossplane would (its own process) and yield its address."""
+    port = port or free_port()
+    address = f"127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "function.main", "--address", address, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_for(port, proc)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            msg = f"function exited with {proc.returncode}: {err}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    msg = "function did not start listening within 30s"
+    raise RuntimeError(msg)
+
+
+def stub(address: str, credentials: grpc.ChannelCredentials | None = None) -> Any:
+    """A RunFunction caller over a real channel."""
+    if credentials is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        channel = grpc.secure_channel(address, credentials)
+    runner = grpcv1.FunctionRunnerServiceStub(channel)
+    return lambda req: runner.RunFunction(req, timeout=30)
