@@ -1,0 +1,208 @@
+"""Shared fixtures: the function served over real gRPC, and builders of Crossplane's side.
+
+The function runs in its own process, started the way Crossplane's Development
+runtime expects (`function --insecure`), and tests talk to it over a loopback
+channel. `tools.xpsim` answers the function's requirements the 1.x or 2.x way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import crossplane.function.proto.v1.run_function_pb2 as fnv1
+import pytest
+import yaml
+from crossplane.function import logging, resource
+
+from function.fn import run
+from tools import xpsim
+
+NS = "infra-machines"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFabricTestKeyOnlyForTests me@laptop"
+
+Call = Callable[[fnv1.RunFunctionRequest], fnv1.RunFunctionResponse]
+
+
+@pytest.fixture(scope="session")
+def address() -> Iterator[str]:
+    """The function, serving insecurely on loopback in its own process."""
+    with xpsim.serve("--insecure") as addr:
+        yield addr
+
+
+@pytest.fixture(scope="session")
+def call(address: str) -> Call:
+    """Call RunFunction over gRPC."""
+    return xpsim.stub(address)
+
+
+@pytest.fixture(scope="session")
+def call_inproc() -> Call:
+    """Call RunFunction in this process (same code path as the servicer)."""
+    log = logging.get_logger()
+    return lambda req: run(req, log)
+
+
+def inventory_cm() -> dict[str, Any]:
+    """The example homelab inventory ConfigMap (a fresh copy)."""
+    return copy.deepcopy(xpsim.load_yaml("examples/inventory.yaml"))
+
+
+def inventory_data(cm: dict[str, Any]) -> dict[str, Any]:
+    """The inventory document inside the ConfigMap."""
+    return yaml.safe_load(cm["data"]["inventory.yaml"])
+
+
+def with_inventory(data: dict[str, Any]) -> dict[str, Any]:
+    """The example ConfigMap holding another inventory document."""
+    cm = inventory_cm()
+    cm["data"]["inventory.yaml"] = yaml.safe_dump(data, sort_keys=False)
+    return cm
+
+
+def fn_input() -> dict[str, Any]:
+    """The function input of the example Composition."""
+    return copy.deepcopy(xpsim.composition_input())
+
+
+def xr(
+    name: str,
+    spec: dict[str, Any],
+    *,
+    created: str = "2026-11-01T10:00:00Z",
+    namespace: str = NS,
+    status: dict[str, Any] | None = None,
+    namespaced: bool = False,
+) -> dict[str, Any]:
+    """A legacy (claim-backed) XMachine, or a namespaced v2 one."""
+    meta: dict[str, Any] = {
+        "name": f"{name}-x1234" if not namespaced else name,
+        "uid": f"uid-{namespace}-{name}",
+        "creationTimestamp": created,
+    }
+    if namespaced:
+        meta["namespace"] = namespace
+    else:
+        meta["labels"] = {
+            "crossplane.io/claim-name": name,
+            "crossplane.io/claim-namespace": namespace,
+        }
+    body: dict[str, Any] = {
+        "apiVersion": "fabric.homelab.io/v1alpha1",
+        "kind": "XMachine",
+        "metadata": meta,
+        "spec": copy.deepcopy(spec),
+    }
+    if status:
+        body["status"] = status
+    return body
+
+
+def basic_spec(**extra: Any) -> dict[str, Any]:
+    """A small Debian machine on the LAN with an admin key."""
+    spec: dict[str, Any] = {
+        "class": "small",
+        "network": {"name": "lan"},
+        "bootstrap": {"adminUser": "admin", "sshAuthorizedKeys": [KEY]},
+    }
+    spec.update(extra)
+    return spec
+
+
+def gpu_spec(**extra: Any) -> dict[str, Any]:
+    """A GPU worker like examples/claims/gpu-worker.yaml."""
+    spec = basic_spec(cpu=8, memory="16Gi", disk="100Gi", image="ubuntu-24.04")
+    spec["devices"] = [{"class": "gpu", "count": 1}]
+    spec.update(extra)
+    return spec
+
+
+def reconcile(
+    call: Call,
+    machine: dict[str, Any],
+    cluster: list[dict[str, Any]] | None = None,
+    *,
+    observed: dict[str, Any] | None = None,
+    v2: bool = False,
+    inp: dict[str, Any] | None = None,
+) -> fnv1.RunFunctionResponse:
+    """Reconcile one XR like Crossplane: requirement rounds until stable."""
+    objects = [inventory_cm(), machine] if cluster is None else [*cluster]
+    if machine not in objects:
+        objects.append(machine)
+    req = xpsim.request(
+        machine,
+        fn_input() if inp is None else inp,
+        {"workspace": observed} if observed else None,
+    )
+    return xpsim.converge(call, req, xpsim.Cluster(objects), v2=v2)
+
+
+def desired_ws(rsp: fnv1.RunFunctionResponse) -> dict[str, Any] | None:
+    """The desired Workspace, if any."""
+    if "workspace" not in rsp.desired.resources:
+        return None
+    return resource.struct_to_dict(rsp.desired.resources["workspace"].resource)
+
+
+def module(rsp: fnv1.RunFunctionResponse) -> dict[str, Any]:
+    """The Terraform module of the desired Workspace."""
+    ws = desired_ws(rsp)
+    assert ws is not None, messages(rsp)
+    return json.loads(ws["spec"]["forProvider"]["module"])
+
+
+def status(rsp: fnv1.RunFunctionResponse) -> dict[str, Any]:
+    """The desired XR status."""
+    return resource.struct_to_dict(rsp.desired.composite.resource).get("status", {})
+
+
+def messages(rsp: fnv1.RunFunctionResponse) -> list[str]:
+    """Every result message."""
+    return [r.message for r in rsp.results]
+
+
+def warnings(rsp: fnv1.RunFunctionResponse) -> list[str]:
+    """Warning results that reach the claim."""
+    return [
+        r.message
+        for r in rsp.results
+        if r.severity == fnv1.SEVERITY_WARNING and r.target == fnv1.TARGET_COMPOSITE_AND_CLAIM
+    ]
+
+
+def condition(rsp: fnv1.RunFunctionResponse, kind: str) -> fnv1.Condition | None:
+    """A condition of the response by type."""
+    return next((c for c in rsp.conditions if c.type == kind), None)
+
+
+def applied(
+    rsp: fnv1.RunFunctionResponse,
+    *,
+    ready: bool = True,
+    outputs: dict[str, Any] | None = None,
+    synced: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The Workspace as Crossplane would observe it after applying the desired one."""
+    ws = desired_ws(rsp)
+    assert ws is not None, messages(rsp)
+    ws = copy.deepcopy(ws)
+    ws["metadata"]["name"] = "machine-x1234-abcde"
+    ws["metadata"]["uid"] = "ws-uid"
+    ws["metadata"]["resourceVersion"] = "42"
+    conditions = [
+        {"type": "Ready", "status": "True" if ready else "False", "reason": "Available"},
+        synced or {"type": "Synced", "status": "True", "reason": "ReconcileSuccess"},
+    ]
+    ws["status"] = {"conditions": conditions, "atProvider": {"outputs": outputs or {}}}
+    return ws
+
+
+def with_status(machine: dict[str, Any], rsp: fnv1.RunFunctionResponse) -> dict[str, Any]:
+    """The XR after Crossplane wrote the status the function returned."""
+    out = copy.deepcopy(machine)
+    out["status"] = status(rsp)
+    return out
