@@ -222,7 +222,7 @@ def test_placed_machine_keeps_its_place_when_inventory_is_edited(call):
 
 
 def test_inventory_losing_a_held_device_holds_the_machine(call):
-    machine, observed, first = sticky_setup(call)
+    machine, observed, _ = sticky_setup(call)
     data = inventory_data(inventory_cm())
     fawn = next(n for n in data["nodes"] if n["name"] == "still-fawn")
     fawn["devices"] = []
