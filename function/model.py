@@ -56,10 +56,12 @@ FLAKE_REF = (
 
 def quantity_bytes(value: Any) -> int:
     """Parse a Kubernetes binary quantity ("16Gi", "512Mi") or a byte count into bytes."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # protobuf Structs carry every number as a double
     if isinstance(value, bool) or not isinstance(value, int | str):
         msg = "accepted: a quantity such as 16Gi, 512Mi or 1Ti (suffix Ki, Mi, Gi, Ti)"
         raise ValueError(msg)  # noqa: TRY004 - pydantic wants ValueError to report it
-    match = _QUANTITY.match(str(value))
+    match = _QUANTITY.fullmatch(str(value))
     if not match:
         msg = "accepted: a quantity such as 16Gi, 512Mi or 1Ti (suffix Ki, Mi, Gi, Ti)"
         raise ValueError(msg)
@@ -102,6 +104,17 @@ def _ipv4_address(value: Any) -> ipaddress.IPv4Address:
         raise ValueError(msg) from None
 
 
+def _whole(value: Any) -> Any:
+    # Structs carry numbers as doubles (4 arrives as 4.0); booleans and strings are not counts.
+    if isinstance(value, bool | str):
+        msg = "accepted: a whole number"
+        raise ValueError(msg)  # noqa: TRY004 - pydantic reports ValueError with the field
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
 MiB = Annotated[int, BeforeValidator(_mib)]
 GiB = Annotated[int, BeforeValidator(_gib)]
 IPv4Net = Annotated[ipaddress.IPv4Network, BeforeValidator(_ipv4_network)]
@@ -125,13 +138,19 @@ class DeviceRequest(Strict):
     """An abstract device request: a class from the inventory and how many."""
 
     device_class: Name = Field(alias="class")
-    count: int = Field(default=1, ge=1, le=16)
+    count: Whole = Field(default=1, ge=1, le=16)
+
+
+_STATIC = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}")
 
 
 def _address(value: Any) -> str:
     text = str(value)
     if text in ("auto", "dhcp"):
         return text
+    if not _STATIC.fullmatch(text):
+        msg = "accepted: auto, dhcp, or a static IPv4 address with prefix such as 192.168.4.50/24"
+        raise ValueError(msg)
     try:
         ipaddress.IPv4Interface(text)
     except ValueError:
@@ -193,7 +212,9 @@ class Bootstrap(Strict):
     admin_user: Annotated[str, StringConstraints(pattern=UNIX_USER)] | None = Field(
         default=None, alias="adminUser"
     )
-    ssh_authorized_keys: list[Annotated[str, StringConstraints(pattern=SSH_KEY)]] = Field(
+    ssh_authorized_keys: list[
+        Annotated[str, StringConstraints(pattern=SSH_KEY, max_length=8192)]
+    ] = Field(
         default_factory=list, alias="sshAuthorizedKeys", max_length=32
     )
     secrets: list[BootstrapSecret] = Field(default_factory=list, max_length=32)
@@ -213,7 +234,7 @@ class MachineSpec(Strict):
     """The intent of a Machine claim (DESIGN §2)."""
 
     size_class: Name | None = Field(default=None, alias="class")
-    cpu: int | None = Field(default=None, ge=1, le=512)
+    cpu: Whole | None = Field(default=None, ge=1, le=512)
     memory: MiB | None = None
     disk: GiB | None = None
     image: Name | None = None
@@ -520,7 +541,7 @@ class InventorySource(Strict):
         default_factory=lambda: {"fabric.homelab.io/inventory": "homelab"}, alias="matchLabels"
     )
     namespace: K8sName | None = None
-    key: str = "inventory.yaml"
+    key: Annotated[str, StringConstraints(pattern=SECRET_KEY_NAME)] = "inventory.yaml"
 
 
 class Defaults(Strict):
