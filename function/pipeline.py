@@ -257,6 +257,12 @@ def _placed(
     except FabricError as err:
         phase = "Held" if req.observed_ws is not None else "Invalid"
         raise Hold(phase=phase, reason="InvalidSpec", message=str(err)) from None
+    for what in workspace.create_only_changes(req.observed_ws, decision.desired_ws):
+        report.warn(
+            f"the claim changed the machine's {what}; the running VM keeps what it was created "
+            "with (its host keys too): the change takes effect only when the machine is "
+            "re-created"
+        )
     where = f"node {placement.node}, VMID {placement.vmid}"
     report.condition("Scheduled", "True", "Placed", f"placed on {where}")
     report.condition("Valid", "True", "SpecValid", "the claim is valid and applied")

@@ -9,6 +9,7 @@ namespaced (Crossplane v2) XR composes the namespaced `tf.m.upbound.io` one.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,3 +140,54 @@ def condition(observed: dict[str, Any] | None, kind: str) -> dict[str, Any] | No
         if isinstance(cond, dict) and cond.get("type") == kind:
             return cond
     return None
+
+
+def _module(ws: dict[str, Any]) -> dict[str, Any]:
+    text = ((ws.get("spec") or {}).get("forProvider") or {}).get("module")
+    if not isinstance(text, str):
+        return {}
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _dig(doc: Any, *path: str | int) -> Any:
+    for step in path:
+        if isinstance(step, int):
+            doc = doc[step] if isinstance(doc, list) and len(doc) > step else None
+        else:
+            doc = doc.get(step) if isinstance(doc, dict) else None
+    return doc
+
+
+# What the running VM was created with, and never changes in place (see terraform.py).
+_CREATE_ONLY = {
+    "user-data (bootstrap, roles, devices' guest setup)": (
+        "resource",
+        "proxmox_virtual_environment_file",
+        "user_data",
+        "source_raw",
+        0,
+        "data",
+    ),
+    "image (template clone)": (
+        "resource",
+        "proxmox_virtual_environment_vm",
+        "machine",
+        "clone",
+        0,
+        "vm_id",
+    ),
+}
+
+
+def create_only_changes(observed: dict[str, Any] | None, desired: dict[str, Any]) -> list[str]:
+    """Name what the claim changed that only a re-created machine would get."""
+    if observed is None:
+        return []
+    was, now = _module(observed), _module(desired)
+    if not was:
+        return []
+    return [what for what, path in _CREATE_ONLY.items() if _dig(was, *path) != _dig(now, *path)]

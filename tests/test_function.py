@@ -305,3 +305,25 @@ def test_inventory_key_of_another_claim_is_used(call):
             0
         ]["data"]
     )
+
+
+def test_bootstrap_and_image_edits_are_reported_and_never_replace_the_vm(call):
+    machine, observed, first = placed_and_applied(call, xr("edit", basic_spec()))
+    edited = copy.deepcopy(machine)
+    edited["spec"]["image"] = "ubuntu-24.04"
+    edited["spec"]["roles"] = ["docker-host"]
+    rsp = reconcile(call, edited, observed=observed)
+    joined = " | ".join(warnings(rsp))
+    assert "changed the machine's user-data" in joined
+    assert "changed the machine's image" in joined
+    assert "takes effect only when the machine is re-created" in joined
+    machine_vm = vm(rsp)
+    before = vm(first)
+    assert machine_vm["vm_id"] == before["vm_id"]
+    assert machine_vm["node_name"] == before["node_name"]
+    assert "clone" in machine_vm["lifecycle"]["ignore_changes"]
+    snippet = module(rsp)["resource"]["proxmox_virtual_environment_file"]["user_data"]
+    assert snippet["lifecycle"]["ignore_changes"] == ["source_raw"]
+    # An unchanged claim says nothing of the kind.
+    again = reconcile(call, machine, observed=observed)
+    assert not any("re-created" in w for w in warnings(again))
