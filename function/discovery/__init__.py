@@ -1,0 +1,19 @@
+"""Inventory discovery: read a Proxmox VE cluster, merge manual overrides, emit the ConfigMap.
+
+The pieces, in the order data flows through them:
+
+- `proxmox` reads the API with proxmoxer into plain frozen records (no Fabric concepts);
+- `merge` turns those records plus the overrides file into an inventory dict that
+  `function.model.Inventory` accepts;
+- `cli` is the `fabric-discover` command: flags, token handling, printing or applying.
+
+Discovery is "hybrid": the API is the source of facts it can know (nodes, capacity, storage,
+resource mappings, guests, templates); the overrides file adds what only a person knows
+(device classes, why a node is off limits, reserved memory, catalogs).
+"""
+
+from __future__ import annotations
+
+
+class DiscoveryError(Exception):
+    """A problem the user can fix; the message names the API path or the overrides field."""

@@ -1,0 +1,248 @@
+"""`fabric-discover`: build the inventory ConfigMap from a Proxmox VE cluster.
+
+    fabric-discover --host pve.lan --overrides overrides.yaml > inventory.yaml
+    fabric-discover --host pve.lan --overrides overrides.yaml --apply
+
+The API token comes from PROXMOX_VE_API_TOKEN (`user@realm!tokenid=secret`, the form the
+bpg/proxmox provider uses) or from --user/--token-name/--token-value; flags win. The secret
+is never printed, not even in errors. Warnings go to stderr, the ConfigMap to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from function.discovery import DiscoveryError
+from function.discovery.merge import (
+    EMPTY_OVERRIDES,
+    LoadedOverrides,
+    build_inventory,
+    load_overrides,
+)
+from function.discovery.proxmox import Api, Endpoint, Token, read_cluster
+from function.model import DNS_LABEL, K8S_NAME
+
+TOKEN_ENV = "PROXMOX_VE_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
+INVENTORY_LABEL = "fabric.homelab.io/inventory"
+INVENTORY_KEY = "inventory.yaml"
+FIELD_MANAGER = "fabric-discover"
+_TOKEN = re.compile(r"^(?P<user>[^!=\s]+@[^!=\s]+)!(?P<name>[A-Za-z0-9._-]+)=(?P<value>\S+)$")
+
+
+def _k8s_name(pattern: str) -> Any:
+    def check(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if not re.match(pattern, value):
+            msg = f"{value!r} is not a valid Kubernetes {param.name}"
+            raise click.BadParameter(msg)
+        return value
+
+    return check
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", required=True, help="Proxmox VE API host (any cluster node).")
+@click.option("--port", default=8006, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--user", help="Token owner, user@realm (else from PROXMOX_VE_API_TOKEN).")
+@click.option("--token-name", help="Token id (else from PROXMOX_VE_API_TOKEN).")
+@click.option("--token-value", help="Token secret; prefer PROXMOX_VE_API_TOKEN (no shell history).")
+@click.option("--verify-ssl/--no-verify-ssl", default=True, show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(["https", "http"]),
+    default="https",
+    show_default=True,
+    help="http exists for loopback tests only.",
+)
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option(
+    "--overrides",
+    "overrides_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Manual overrides YAML (device classes, node limits, catalogs).",
+)
+@click.option(
+    "--name",
+    default="fabric-inventory",
+    show_default=True,
+    callback=_k8s_name(K8S_NAME),
+    help="ConfigMap name.",
+)
+@click.option(
+    "--namespace",
+    default="crossplane-system",
+    show_default=True,
+    callback=_k8s_name(DNS_LABEL),
+    help="ConfigMap namespace.",
+)
+@click.option("--apply", is_flag=True, help="Server-side apply the ConfigMap instead of printing.")
+def cli(  # click passes every flag by keyword
+    *,
+    host: str,
+    port: int,
+    user: str | None,
+    token_name: str | None,
+    token_value: str | None,
+    verify_ssl: bool,
+    protocol: str,
+    timeout: float,
+    overrides_file: Path | None,
+    name: str,
+    namespace: str,
+    apply: bool,
+) -> None:
+    """Discover a Proxmox VE cluster and print (or apply) Fabric's inventory ConfigMap."""
+    token = resolve_token(user, token_name, token_value, os.environ.get(TOKEN_ENV))
+    endpoint = Endpoint(
+        host=host,
+        port=port,
+        protocol="http" if protocol == "http" else "https",
+        verify_ssl=verify_ssl,
+        timeout=timeout,
+    )
+    try:
+        overrides = _read_overrides(overrides_file)
+        merged = build_inventory(read_cluster(Api(endpoint, token)), overrides)
+        manifest = configmap(merged.inventory, name, namespace)
+        if not verify_ssl and protocol == "https":
+            click.echo("warning: the API's TLS certificate is not verified", err=True)
+        for note in merged.warnings:
+            click.echo(f"warning: {note}", err=True)
+        if apply:
+            apply_configmap(manifest)
+            click.echo(f"configmap {namespace}/{name} applied (server-side)", err=True)
+        else:
+            click.echo(dump_yaml(manifest), nl=False)
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc).replace(token.value, "***")) from None
+
+
+def resolve_token(
+    user: str | None, token_name: str | None, token_value: str | None, env: str | None
+) -> Token:
+    """Combine the token flags with PROXMOX_VE_API_TOKEN; flags win, the secret is not echoed.
+
+    Raises:
+        click.UsageError: a part is missing or the variable is malformed.
+    """
+    from_env: dict[str, str] = {}
+    if env and not (user and token_name and token_value):
+        match = _TOKEN.match(env.strip())
+        if match is None:
+            msg = f"{TOKEN_ENV} must look like user@realm!tokenid=secret"
+            raise click.UsageError(msg)
+        from_env = match.groupdict()
+    parts = {
+        "user": user or from_env.get("user"),
+        "name": token_name or from_env.get("name"),
+        "value": token_value or from_env.get("value"),
+    }
+    missing = [flag for flag, key in _FLAGS.items() if not parts[key]]
+    if missing:
+        msg = f"missing {', '.join(missing)}: give the flags or set {TOKEN_ENV}"
+        raise click.UsageError(msg)
+    return Token(user=str(parts["user"]), name=str(parts["name"]), value=str(parts["value"]))
+
+
+_FLAGS = {"--user": "user", "--token-name": "name", "--token-value": "value"}
+
+
+def _read_overrides(path: Path | None) -> LoadedOverrides:
+    if path is None:
+        return EMPTY_OVERRIDES
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"overrides {path}: cannot read: {exc}"
+        raise DiscoveryError(msg) from None
+    return load_overrides(text, str(path))
+
+
+def configmap(inventory: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:
+    """Wrap an inventory in the ConfigMap Fabric selects by label."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {INVENTORY_LABEL: "homelab"},
+            "annotations": {"fabric.homelab.io/generated-by": FIELD_MANAGER},
+        },
+        "data": {INVENTORY_KEY: dump_yaml(inventory)},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block YAML; multi-line strings (the embedded inventory) as literal `|` blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:  # noqa: ARG002 - PyYAML's signature
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump_yaml(data: Any) -> str:
+    """Dump as block YAML in insertion order; the pure-Python dumper, so bytes never vary."""
+    return yaml.dump(
+        data,
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=4096,
+    )
+
+
+# --- --apply -------------------------------------------------------------------------------------
+
+
+def apply_configmap(manifest: dict[str, Any]) -> None:
+    """Server-side apply the ConfigMap with the current kubeconfig (or in-cluster config).
+
+    Raises:
+        DiscoveryError: no Kubernetes configuration, or the API server refused the apply.
+    """
+    # Imported here: the client is slow to import and only --apply needs it.
+    from kubernetes import client, config  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
+    meta = manifest["metadata"]
+    where = f"configmap {meta['namespace']}/{meta['name']}"
+    try:
+        try:
+            config.load_incluster_config()
+        except ConfigException:
+            # The client reads KUBECONFIG once, at import; honour its value now.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    except (ConfigException, OSError) as exc:
+        msg = f"applying {where}: no Kubernetes configuration ({exc})"
+        raise DiscoveryError(msg) from None
+    try:
+        client.CoreV1Api().patch_namespaced_config_map(
+            meta["name"],
+            meta["namespace"],
+            manifest,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    except ApiException as exc:
+        msg = f"applying {where}: {exc.status} {exc.reason}"
+        raise DiscoveryError(msg) from None
+    except HTTPError as exc:
+        msg = f"applying {where}: cannot reach the Kubernetes API ({exc})"
+        raise DiscoveryError(msg) from None
