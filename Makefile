@@ -3,7 +3,7 @@
 #   make test     # the test suite (installs what it needs first)
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES = cloud-init debootstrap
+APT_PACKAGES = cloud-init debootstrap shellcheck nix-bin
 
 .PHONY: deps render test test-fast lint bench serve
 
