@@ -61,3 +61,13 @@ class _NoAliasDumper(_Dumper):  # type: ignore[misc, valid-type]
 
     def ignore_aliases(self, data: Any) -> bool:  # noqa: ARG002
         return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    # Scripts and files read best as literal blocks; the emitter falls back to a quoted
+    # scalar by itself when a block cannot carry the text exactly (e.g. trailing spaces).
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_NoAliasDumper.add_representer(str, _represent_str)
