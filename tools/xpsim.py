@@ -17,11 +17,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import crossplane.function.proto.v1.run_function_pb2_grpc as grpcv1
@@ -150,31 +151,41 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(*args: str, port: int | None = None) -> Iterator[str]:
-    """Run the function as Crossplane would (its own process) and yield its address."""
+def serve(*args: str, port: int | None = None, log: Path | None = None) -> Iterator[str]:
+    """Run the function as Crossplane would (its own process) and yield its address.
+
+    The function's log (stdout and stderr) goes to `log`, or to a temporary file: a pipe nobody
+    reads would fill up and stall the server after a few hundred calls.
+    """
     port = port or free_port()
     address = f"127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "function.main", "--address", address, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        _wait_for(port, proc)
-        yield address
-    finally:
-        proc.terminate()
+    with contextlib.ExitStack() as stack:
+        sink: IO[bytes] = stack.enter_context(
+            tempfile.TemporaryFile() if log is None else log.open("w+b")  # noqa: SIM115 - in the stack
+        )
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            _wait_for(port, proc, sink)
+            yield address
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
-def _wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for(port: int, proc: subprocess.Popen[bytes], sink: IO[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
+            sink.flush()
+            sink.seek(0)
+            err = sink.read().decode(errors="replace")
             msg = f"function exited with {proc.returncode}: {err}"
             raise RuntimeError(msg)
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
