@@ -7,6 +7,7 @@ from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import pytest
+import yaml
 
 from tests.conftest import (
     KEY,
@@ -292,7 +293,7 @@ def test_bad_function_input_holds_existing_machine(call):
     assert any("input.providerConfigName" in m for m in messages(rsp))
 
 
-def test_inventory_key_of_another_claim_is_used(call):
+def test_admin_key_reaches_user_data_on_an_edited_inventory(call):
     data = inventory_data(inventory_cm())
     data["nodes"] = [n for n in data["nodes"] if n["name"] != "pumped-piglet"]
     for image in data["images"].values():
@@ -327,3 +328,89 @@ def test_bootstrap_and_image_edits_are_reported_and_never_replace_the_vm(call):
     # An unchanged claim says nothing of the kind.
     again = reconcile(call, machine, observed=observed)
     assert not any("re-created" in w for w in warnings(again))
+
+
+NETWORKS = [
+    # (case, network request, want ip_config ipv4, want vlan_id, want dns servers)
+    (
+        "pool",
+        {"name": "lan"},
+        {"address": "192.168.4.200/24", "gateway": "192.168.4.1"},
+        None,
+        ["192.168.4.1"],
+    ),
+    (
+        "vlan",
+        {"name": "k3s-cluster"},
+        {"address": "10.40.0.100/24", "gateway": "10.40.0.1"},
+        40,
+        ["10.40.0.1", "192.168.4.1"],
+    ),
+    ("dhcp", {"name": "lan", "address": "dhcp"}, {"address": "dhcp"}, None, ["192.168.4.1"]),
+    (
+        "static",
+        {"name": "lan", "address": "192.168.4.60/24"},
+        {"address": "192.168.4.60/24", "gateway": "192.168.4.1"},
+        None,
+        ["192.168.4.1"],
+    ),
+    ("no cidr", {"name": "iot", "address": "dhcp"}, {"address": "dhcp"}, 20, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "network", "want_ipv4", "want_vlan", "want_dns"),
+    NETWORKS,
+    ids=[n[0] for n in NETWORKS],
+)
+def test_network_by_name_becomes_nic_ip_config_and_dns(
+    call, case, network, want_ipv4, want_vlan, want_dns
+):
+    rsp = reconcile(call, xr(f"net-{case.replace(' ', '-')}", basic_spec(network=network)))
+    machine_vm = vm(rsp)
+    init = machine_vm["initialization"][0]
+    assert init["ip_config"] == [{"ipv4": [want_ipv4]}], case
+    nic = machine_vm["network_device"][0]
+    assert nic.get("vlan_id") == want_vlan, case
+    assert nic["bridge"] == ("vmbr1" if network["name"] == "iot" else "vmbr0")
+    assert (init["dns"][0]["servers"] if "dns" in init else None) == want_dns, case
+    ipv4_output = module(rsp)["output"]["ipv4"]["value"]
+    if want_ipv4["address"] == "dhcp":
+        assert "ipv4_addresses" in ipv4_output  # read from the guest agent
+    else:
+        assert ipv4_output == want_ipv4["address"].split("/")[0]
+
+
+def test_auto_address_on_a_network_without_pool_is_refused(call):
+    rsp = reconcile(call, xr("iot-auto", basic_spec(network={"name": "iot"})))
+    assert status(rsp)["phase"] == "Invalid"
+    assert "spec.network.address: 'auto' needs an address pool" in status(rsp)["message"]
+
+
+SITE_ROLE = """\
+os: [debian, ubuntu]
+description: mounts the NAS
+---
+packages: [nfs-common]
+mounts:
+  - [{{ "nas.homelab.lan:/export" | json }}, /mnt/nas, nfs, "defaults,_netdev", "0", "0"]
+"""
+
+
+def test_site_template_from_the_inventory_is_used_without_rebuilding(call):
+    data = inventory_data(inventory_cm())
+    data["templates"] = {"roles/nas-client": SITE_ROLE}
+    spec = basic_spec(roles=["nas-client", "docker-host"])
+    rsp = reconcile(call, xr("nas", spec), [with_inventory(data)])
+    assert status(rsp)["phase"] == "Scheduled", messages(rsp)
+    user_data = module(rsp)["resource"]["proxmox_virtual_environment_file"]["user_data"]
+    doc = yaml.safe_load(user_data["source_raw"][0]["data"])
+    assert "nfs-common" in doc["packages"]
+    assert "docker.io" in doc["packages"]
+    assert doc["mounts"] == [
+        ["nas.homelab.lan:/export", "/mnt/nas", "nfs", "defaults,_netdev", "0", "0"]
+    ]
+    # Without the site template the role is unknown, and the message lists the known ones.
+    rsp = reconcile(call, xr("nas", spec))
+    assert "unknown role 'nas-client'" in status(rsp)["message"]
+    assert "docker-host" in status(rsp)["message"]
