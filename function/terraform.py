@@ -179,7 +179,8 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         "started": True,
         "stop_on_destroy": True,
         "scsi_hardware": "virtio-scsi-single",
-        "clone": [{"vm_id": shape.template_vmid, "full": True}],
+        # Parallel clones of one template contend for its lock; retry instead of failing.
+        "clone": [{"vm_id": shape.template_vmid, "full": True, "retries": 3}],
         "agent": [{"enabled": True}],
         "cpu": [{"cores": shape.cpu, "type": "host"}],
         "memory": [{"dedicated": shape.memory_mib}],
