@@ -20,6 +20,8 @@ class FabricError(Exception):
 
 def show_value(value: Any) -> str:
     """Render an offending value briefly and safely for a message."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # protobuf Structs carry every number as a double
     text = repr(value)
     if len(text) > MAX_VALUE_CHARS:
         text = text[: MAX_VALUE_CHARS - 3] + "..."
@@ -40,6 +42,19 @@ def field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def canonical(value: Any) -> Any:
+    """The same data with mapping keys sorted, recursively.
+
+    Data from a protobuf Struct comes in map order, which differs between processes;
+    validating canonical data makes every message the same wherever it is produced.
+    """
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return value
+
+
 def describe(prefix: str, err: pydantic.ValidationError, limit: int = 5) -> str:
     """Describe every error of a ValidationError, one clause each, field first."""
     clauses = []
@@ -50,6 +65,10 @@ def describe(prefix: str, err: pydantic.ValidationError, limit: int = 5) -> str:
             continue
         if item["type"] == "extra_forbidden":
             clauses.append(f"{field_path(prefix, item['loc'])}: unknown field")
+            continue
+        if not item["loc"]:
+            # A check of the whole document: its message names the parts; the value is all of it.
+            clauses.append(f"{prefix or 'inventory'}: {msg}")
             continue
         value = show_value(item.get("input"))
         clauses.append(f"{field_path(prefix, item['loc'])}: {value} is invalid: {msg}")

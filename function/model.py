@@ -214,9 +214,7 @@ class Bootstrap(Strict):
     )
     ssh_authorized_keys: list[
         Annotated[str, StringConstraints(pattern=SSH_KEY, max_length=8192)]
-    ] = Field(
-        default_factory=list, alias="sshAuthorizedKeys", max_length=32
-    )
+    ] = Field(default_factory=list, alias="sshAuthorizedKeys", max_length=32)
     secrets: list[BootstrapSecret] = Field(default_factory=list, max_length=32)
 
     @field_validator("secrets")

@@ -18,7 +18,7 @@ import pydantic
 
 from function import fleet, render, status, workspace, yamlio
 from function.demand import Demand, resolve
-from function.errors import FabricError, describe
+from function.errors import FabricError, canonical, describe
 from function.model import DNS_LABEL, FunctionInput, Inventory, MachineSpec, intent
 from function.placement import Outcome, Placement, assign
 from function.requirements import Answer, to_dicts
@@ -71,12 +71,14 @@ def machine_of(xr: dict[str, Any]) -> render.Machine:
     meta = xr.get("metadata") or {}
     key = fleet.machine_key(xr)
     hostname = key.rsplit("/", 1)[-1]
+    claim_namespace = key.split("/", 1)[0] if "/" in key else None
     return render.Machine(
         key=key,
         hostname=hostname,
         xr_name=str(meta.get("name", "")),
         xr_uid=str(meta.get("uid", "")),
         namespace=meta.get("namespace") or None,
+        claim_namespace=claim_namespace,
     )
 
 
@@ -92,7 +94,7 @@ def _check_hostname(machine: render.Machine) -> None:
 def parse_spec(xr: dict[str, Any]) -> MachineSpec:
     """Validate the claim spec; a Hold names every bad field."""
     try:
-        return MachineSpec.model_validate(intent(xr.get("spec") or {}))
+        return MachineSpec.model_validate(canonical(intent(xr.get("spec") or {})))
     except pydantic.ValidationError as err:
         raise Hold(phase="Invalid", reason="InvalidSpec", message=describe("spec", err)) from None
 

@@ -20,6 +20,7 @@ class Machine:
     xr_name: str
     xr_uid: str
     namespace: str | None  # set for a namespaced (Crossplane v2) XR
+    claim_namespace: str | None = None  # the claim's namespace, for a legacy XR with a claim
 
 
 def held_devices(placement: Placement, inv: Inventory) -> tuple[Device, ...]:
@@ -33,7 +34,8 @@ def held_devices(placement: Placement, inv: Inventory) -> tuple[Device, ...]:
             f"{placement.node}, which this machine holds"
         )
         raise FabricError(msg)
-    return tuple(by_mapping[m] for m in placement.devices)
+    # Mapping order, always: a fresh and a read-back placement must give the same hostpci list.
+    return tuple(by_mapping[m] for m in sorted(placement.devices))
 
 
 def guest_facts(
@@ -87,15 +89,18 @@ def meta_data(name: str, hostname: str) -> str:
 
 
 def _check_secret_namespaces(spec: MachineSpec, machine: Machine) -> None:
-    # A namespaced Workspace can only read Secrets of its own namespace.
-    if machine.namespace is None:
-        return
+    # A claim may only hand its VM Secrets of its own namespace: provider-terraform reads
+    # any Secret it is pointed at, so without this a claim could pull another team's
+    # credentials into its user-data. A namespaced Workspace can only read its own anyway.
+    home = machine.namespace or machine.claim_namespace
+    if home is None:
+        return  # a cluster-scoped XR without a claim: written by a cluster administrator
     for i, secret in enumerate(spec.bootstrap.secrets):
-        if secret.secret_ref.namespace != machine.namespace:
+        if secret.secret_ref.namespace != home:
             msg = (
                 f"spec.bootstrap.secrets[{i}].secretRef.namespace: "
                 f"{secret.secret_ref.namespace!r} is not the machine's namespace; "
-                f"accepted: {machine.namespace!r}"
+                f"accepted: {home!r}"
             )
             raise FabricError(msg)
 

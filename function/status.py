@@ -72,7 +72,7 @@ def _devices(placement: Placement, inv: Inventory | None) -> list[dict[str, str]
     node = inv.node(placement.node) if inv else None
     known = {d.mapping: d for d in node.devices} if node else {}
     out = []
-    for mapping in placement.devices:
+    for mapping in sorted(placement.devices):
         dev = known.get(mapping)
         entry = {"mapping": mapping, "node": placement.node}
         if dev is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -66,7 +67,7 @@ def compose(facts: GuestFacts) -> str:
         doc = merge(doc, part, template.key)
     text = HEADER + yamlio.dump(doc)
     secrets.check_plain(text)
-    _check_size(text)
+    _check_size(text, facts)
     return text
 
 
@@ -179,13 +180,30 @@ def _check_family(family: str) -> None:
         raise FabricError(msg)
 
 
+# Where each fact comes from in the claim, so a refusal names the field the user wrote.
+_CLAIM_FIELDS = {
+    "hostname": "metadata.name",
+    "admin_user": "spec.bootstrap.adminUser",
+    "ssh_keys": "spec.bootstrap.sshAuthorizedKeys",
+    "flake_ref": "spec.nix.flakeRef",
+    "roles": "spec.roles",
+    "network": "spec.network",
+}
+
+
+def _claim_path(path: str) -> str:
+    head = re.match(r"[a-z_]*", path)
+    field = _CLAIM_FIELDS.get(head.group(0)) if head else None
+    return field + path[head.end() :] if head and field else path
+
+
 def _check_reserved(facts: GuestFacts) -> None:
     # A claim value holding marker text would let Terraform splice a secret into it.
     for path, value in _fact_strings(facts, ""):
         if secrets.MARKER_PREFIX in value:
             msg = (
-                f"{path} {show_value(value)} contains {secrets.MARKER_PREFIX}, which is "
-                "reserved for Fabric's secret markers"
+                f"{_claim_path(path)}: {show_value(value)} contains {secrets.MARKER_PREFIX}, "
+                "which is reserved for Fabric's secret markers; accepted: any text without it"
             )
             raise FabricError(msg)
 
@@ -309,11 +327,14 @@ def _check_paths(doc: Mapping[str, Any], part: Mapping[str, Any], template: Temp
             raise FabricError(msg)
 
 
-def _check_size(text: str) -> None:
+def _check_size(text: str, facts: GuestFacts) -> None:
     size = len(text.encode("utf-8"))
     if size > MAX_USER_DATA_BYTES:
+        keys = sum(len(k.encode("utf-8")) for k in facts.ssh_keys)
         msg = (
             f"user-data is {size} bytes, over the limit of {MAX_USER_DATA_BYTES} bytes "
-            "(64 KiB); make the site templates smaller"
+            f"(64 KiB); spec.bootstrap.sshAuthorizedKeys contributes {keys} bytes, the "
+            "templates for spec.roles and spec.devices the rest; accepted: fewer or shorter "
+            "keys, fewer roles, or smaller site templates"
         )
         raise FabricError(msg)
