@@ -47,7 +47,8 @@ def test_pinned_claim_lands_on_its_node(call, v2):
     machine_vm = vm(rsp)
     assert machine_vm["node_name"] == "pumped-piglet"
     assert machine_vm["vm_id"] == 200
-    assert machine_vm["clone"] == [{"vm_id": 9002, "full": True, "retries": 3}]  # debian-12 on pumped-piglet
+    # The debian-12 template on pumped-piglet.
+    assert machine_vm["clone"] == [{"vm_id": 9002, "full": True, "retries": 3}]
     assert machine_vm["cpu"] == [{"cores": 2, "type": "host"}]
     assert machine_vm["memory"] == [{"dedicated": 4096}]
     assert machine_vm["disk"][0]["size"] == 32
