@@ -8,10 +8,9 @@ address, so two reconciles that see the same fleet hand out the same values.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from function.model import Inventory, Network
+from function.model import Inventory, Network, Node
 
 
 @dataclass
@@ -34,11 +33,21 @@ class Ledger:
     address_holder: dict[ipaddress.IPv4Address, str] = field(default_factory=dict)
     group_members: dict[tuple[str, str], str] = field(default_factory=dict)  # (group, node) -> key
     _next_vmid: int = 0
+    # Allocation cursors per pool (pool start, end, gateway): every address below a cursor is
+    # held or is the gateway. Holds only ever add, so a cursor never moves back, and placing a
+    # whole fleet walks each pool once instead of once per machine.
+    _next_address: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    # The inventory's nodes by name. The scheduler asks for a node's capacity once per node per
+    # machine; Inventory.node() is a linear scan, which made placing a fleet O(nodes^2) per
+    # machine. Node names are unique (the inventory validates it), so the index finds the same
+    # node the scan would.
+    _node_index: dict[str, Node] = field(default_factory=dict)
 
     @classmethod
     def from_inventory(cls, inv: Inventory) -> Ledger:
         """A ledger holding what the inventory itself reserves."""
         ledger = cls(inv, nodes={n.name: NodeUse() for n in inv.nodes})
+        ledger._node_index = {n.name: n for n in inv.nodes}
         ledger._next_vmid = inv.vmids.start
         for vmid in inv.reserved_vmids:
             ledger.vmid_holder[vmid] = "reserved in the inventory"
@@ -62,9 +71,13 @@ class Ledger:
         use.memory_mib += memory_mib
         use.machines += 1
 
+    def node(self, name: str) -> Node | None:
+        """The inventory's node of that name (what Inventory.node returns), in O(1)."""
+        return self._node_index.get(name)
+
     def free_memory_mib(self, node_name: str) -> int:
         """Memory left on a node for new machines."""
-        node = self.inv.node(node_name)
+        node = self.node(node_name)
         if node is None:
             return 0
         capacity = int(node.memory * self.inv.overcommit.memory) - node.reserved_mib
@@ -72,7 +85,7 @@ class Ledger:
 
     def free_cpu(self, node_name: str) -> int:
         """VCPUs left on a node within the CPU overcommit ratio."""
-        node = self.inv.node(node_name)
+        node = self.node(node_name)
         if node is None:
             return 0
         return int(node.cpu * self.inv.overcommit.cpu) - self.nodes[node_name].cpu
@@ -90,13 +103,16 @@ class Ledger:
         """The lowest free address of a network's pool, with the network's prefix."""
         if network.pool is None or network.cidr is None:
             return None
-        for ip in _pool_addresses(network):
-            if ip not in self.address_holder and ip != network.gateway:
-                return ipaddress.IPv4Interface(f"{ip}/{network.cidr.prefixlen}")
-        return None
-
-
-def _pool_addresses(network: Network) -> Iterator[ipaddress.IPv4Address]:
-    assert network.pool is not None  # callers check
-    for number in range(int(network.pool.start), int(network.pool.end) + 1):
-        yield ipaddress.IPv4Address(number)
+        gateway = int(network.gateway) if network.gateway is not None else -1
+        start, end = int(network.pool.start), int(network.pool.end)
+        cursor = (start, end, gateway)
+        number = self._next_address.get(cursor, start)
+        while number <= end and (
+            number == gateway or ipaddress.IPv4Address(number) in self.address_holder
+        ):
+            number += 1
+        # The cursor stays ON the address found: it is not held until the caller holds it.
+        self._next_address[cursor] = number
+        if number > end:
+            return None
+        return ipaddress.IPv4Interface((number, network.cidr.prefixlen))

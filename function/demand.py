@@ -61,6 +61,8 @@ def _known_device_classes(inv: Inventory) -> set[str]:
 
 
 def _devices(spec: MachineSpec, inv: Inventory) -> tuple[DeviceDemand, ...]:
+    if not spec.devices:
+        return ()  # nothing to check, and listing the known classes scans every node
     known = _known_device_classes(inv)
     demands = []
     for i, req in enumerate(spec.devices):

@@ -10,16 +10,33 @@ key) order.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import pydantic
+from google.protobuf import struct_pb2
 
-from function.model import MachineSpec, intent
+from function.errors import canonical
+from function.model import CROSSPLANE_SPEC_FIELDS, MachineSpec, intent
+from function.requirements import BoundedCache, to_plain
 
 CLAIM_NAME = "crossplane.io/claim-name"
 CLAIM_NAMESPACE = "crossplane.io/claim-namespace"
 ANNOTATION_PREFIX = "fabric.homelab.io/"
+MIN_VMID, MAX_VMID = 100, 999_999_999  # what Proxmox accepts
+# The parts of an XMachine the fleet is built from (see member()); the rest is never read.
+RECORD_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+RECORD_METADATA = ("name", "namespace", "uid", "creationTimestamp", "labels")
+# Bounds of the caches below (see "the fleet as Crossplane sends it, read once").
+MAX_FLEETS = 4  # one answer is current at a time; a few more cover changes in flight
+# Records take about 7 KB each. Every status write makes a new version of an XMachine, so
+# after reading a new answer the cache keeps at most twice that fleet (its current records and
+# as many older versions), and never fewer than MIN_RECORDS nor more than MAX_RECORDS.
+MIN_RECORDS = 1024
+MAX_RECORDS = 10_000  # twice fn.MAX_FLEET
+MAX_SPECS = 4096  # distinct intents; machines of one kind share one
 
 
 @dataclass(frozen=True)
@@ -48,13 +65,18 @@ class Member:
         return (self.created, self.key)
 
 
+def obj(value: Any) -> dict[str, Any]:
+    """The value if it is a mapping, else an empty one: stored objects can be malformed."""
+    return value if isinstance(value, dict) else {}
+
+
 def machine_key(xr: dict[str, Any]) -> str:
     """The name users know a machine by: the claim's namespace/name when there is a claim."""
-    meta = xr.get("metadata") or {}
-    labels = meta.get("labels") or {}
+    meta = obj(xr.get("metadata"))
+    labels = obj(meta.get("labels"))
     if labels.get(CLAIM_NAME) and labels.get(CLAIM_NAMESPACE):
         return f"{labels[CLAIM_NAMESPACE]}/{labels[CLAIM_NAME]}"
-    claim_ref = (xr.get("spec") or {}).get("claimRef") or {}
+    claim_ref = obj(obj(xr.get("spec")).get("claimRef"))
     if claim_ref.get("name") and claim_ref.get("namespace"):
         return f"{claim_ref['namespace']}/{claim_ref['name']}"
     if meta.get("namespace"):
@@ -62,20 +84,20 @@ def machine_key(xr: dict[str, Any]) -> str:
     return str(meta.get("name", ""))
 
 
-def _as_int(value: Any) -> int | None:
-    # struct_to_dict turns integers into floats; a VMID is a whole number or nothing.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float) and float(value).is_integer():
-        return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
+def _as_vmid(value: Any) -> int | None:
+    # struct_to_dict turns integers into floats; a VMID is a whole number in Proxmox's
+    # range or nothing (a recorded 0 must not be rendered as vm_id 0).
+    number = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = int(value) if float(value).is_integer() else None
+    elif isinstance(value, str) and value.isdigit():
+        number = int(value)
+    return number if number is not None and MIN_VMID <= number <= MAX_VMID else None
 
 
 def held_from_status(status: dict[str, Any]) -> Held | None:
     """Read a recorded placement from an XR status, if it has a complete one."""
-    node, vmid = status.get("node"), _as_int(status.get("vmId"))
+    node, vmid = status.get("node"), _as_vmid(status.get("vmId"))
     if not isinstance(node, str) or not node or vmid is None:
         return None
     devices = tuple(
@@ -92,9 +114,9 @@ def held_from_status(status: dict[str, Any]) -> Held | None:
 
 def held_from_workspace(workspace: dict[str, Any]) -> Held | None:
     """Read the placement recorded in the annotations of an observed Workspace."""
-    notes = (workspace.get("metadata") or {}).get("annotations") or {}
+    notes = obj(obj(workspace.get("metadata")).get("annotations"))
     node = notes.get(ANNOTATION_PREFIX + "node")
-    vmid = _as_int(notes.get(ANNOTATION_PREFIX + "vmid"))
+    vmid = _as_vmid(notes.get(ANNOTATION_PREFIX + "vmid"))
     if not node or vmid is None:
         return None
     devices = tuple(sorted(d for d in notes.get(ANNOTATION_PREFIX + "devices", "").split(",") if d))
@@ -105,25 +127,205 @@ def held_from_workspace(workspace: dict[str, Any]) -> Held | None:
 
 def parse_spec(xr: dict[str, Any]) -> MachineSpec | None:
     """Parse an XR's spec, or None when it does not validate (the owner sees why itself)."""
+    spec = xr.get("spec") or {}
+    if not isinstance(spec, dict):
+        return None
     with contextlib.suppress(pydantic.ValidationError, TypeError, ValueError):
-        return MachineSpec.model_validate(intent(xr.get("spec") or {}))
+        return MachineSpec.model_validate(canonical(intent(spec)))
     return None
 
 
 def member(xr: dict[str, Any]) -> Member:
     """Build a fleet member from an XMachine as Crossplane returned it."""
-    meta = xr.get("metadata") or {}
-    status = xr.get("status") or {}
+    if isinstance(xr, Record):
+        return xr.member
+    return _member(xr, parse_spec(xr))
+
+
+def _member(xr: dict[str, Any], spec: MachineSpec | None) -> Member:
+    meta = obj(xr.get("metadata"))
+    status = obj(xr.get("status"))
     return Member(
         key=machine_key(xr),
         created=str(meta.get("creationTimestamp") or ""),
-        spec=parse_spec(xr),
-        held=held_from_status(status) if isinstance(status, dict) else None,
+        spec=spec,
+        held=held_from_status(status),
     )
+
+
+# --- the fleet as Crossplane sends it, read once --------------------------------------------
+#
+# Every reconcile of every machine receives the whole fleet, and in a steady state the
+# same XMachines again and again. Converting each one from protobuf and validating its
+# spec with pydantic cost most of a call with a large fleet, so the fleet is read once
+# per distinct content, at three levels, each keyed by a SHA-256 digest of canonical
+# (deterministic) protobuf bytes, so that a hit is by construction the same content:
+#
+# - the whole answer: between two changes of any XMachine, every reconcile of every
+#   machine gets the same fleet, which is then one lookup (a Fleet, members sorted once);
+# - each XMachine: when one changes, only that one is read again (a Record);
+# - each spec's intent (without Crossplane's per-XR references): machines with the same
+#   intent share one parsed MachineSpec, which placement then resolves once per call.
+#
+# The caches are bounded (least recently used entries go first) and hold only values
+# derived from request content, never anything from outside the request.
+
+
+class Record(dict[str, Any]):
+    """An XMachine of the fleet as plain data, with its fleet Member computed once.
+
+    It holds only the fields the fleet is built from (RECORD_FIELDS, and of the
+    metadata RECORD_METADATA). Records are shared between calls, so they are
+    read-only. The Member is computed on first use, where fleet.build needs it, so
+    a malformed XMachine fails at the same point of a call as it always did.
+    """
+
+    __slots__ = ("_member", "_spec_key")
+
+    def __init__(self, data: dict[str, Any], spec_key: bytes | None) -> None:
+        """Wrap converted data; spec_key identifies its intent, None when it has none."""
+        super().__init__(data)
+        self._spec_key = spec_key
+        self._member: Member | None = None
+
+    @property
+    def member(self) -> Member:
+        """The fleet Member of this XMachine."""
+        if self._member is None:
+            self._member = _member(self, _cached_spec(self._spec_key, self))
+        return self._member
+
+    def _read_only(self, *_: Any, **__: Any) -> NoReturn:
+        msg = "fleet records are shared between calls and cannot be modified"
+        raise TypeError(msg)
+
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+
+class Fleet(list[dict[str, Any]]):
+    """The fleet's Records in Crossplane's order, shared between calls, so read-only.
+
+    build() needs the members deduplicated by key and sorted; that depends only on
+    the Records, so it is done once per Fleet.
+    """
+
+    __slots__ = ("_ordered",)
+
+    def __init__(self, items: list[Record]) -> None:
+        """Hold the Records of one answer."""
+        super().__init__(items)
+        self._ordered: list[Member] | None = None
+
+    def ordered(self) -> list[Member]:
+        """Members with a key, the last of each key, in placement order."""
+        if self._ordered is None:
+            by_key = {}
+            for xr in self:
+                m = member(xr)
+                if m.key:
+                    by_key[m.key] = m
+            self._ordered = sorted(by_key.values(), key=lambda m: m.order)
+        return self._ordered
+
+    def _read_only(self, *_: Any, **__: Any) -> NoReturn:
+        msg = "a fleet is shared between calls and cannot be modified"
+        raise TypeError(msg)
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only  # type: ignore[assignment]
+    append = clear = extend = insert = _read_only  # type: ignore[assignment]
+    pop = remove = reverse = sort = _read_only  # type: ignore[assignment]
+
+
+_FLEETS: BoundedCache[bytes, Fleet] = BoundedCache(MAX_FLEETS)
+_RECORDS: BoundedCache[bytes, Record] = BoundedCache(MAX_RECORDS)
+_SPECS: BoundedCache[bytes, tuple[MachineSpec | None]] = BoundedCache(MAX_SPECS)
+
+
+def _digest(message: Any) -> bytes:
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
+
+
+def records(answer: fnv1.Resources) -> list[dict[str, Any]]:
+    """The fleet Crossplane returned, as a Fleet of Records read once per distinct content."""
+    key = _digest(answer)
+    fleet = _FLEETS.get(key)
+    if fleet is None:
+        fleet = Fleet([_cached_record(item.resource) for item in answer.items])
+        _FLEETS.put(key, fleet)
+        _RECORDS.trim(max(MIN_RECORDS, 2 * len(fleet)))
+    return fleet
+
+
+def _cached_record(xr: struct_pb2.Struct) -> Record:
+    # Keyed by the fields read only: a new resourceVersion or managedFields entry (every
+    # write to an XMachine makes one) does not make another record.
+    narrow = _narrowed(xr)
+    key = _digest(narrow)
+    record = _RECORDS.get(key)
+    if record is None:
+        record = Record(to_plain(narrow), _intent_key(narrow.fields))
+        _RECORDS.put(key, record)
+    return record
+
+
+def _narrowed(xr: struct_pb2.Struct) -> struct_pb2.Struct:
+    """The fields the fleet is built from (RECORD_FIELDS, RECORD_METADATA), values untouched.
+
+    The other fields are never converted, so a number JSON cannot carry (NaN,
+    infinity) there no longer fails the call as the SDK's conversion did; objects
+    read from Kubernetes never hold one.
+    """
+    out = struct_pb2.Struct()
+    for name in RECORD_FIELDS:
+        if name not in xr.fields:  # `in` first: indexing a proto map inserts the key
+            continue
+        value = xr.fields[name]
+        if name == "metadata" and value.WhichOneof("kind") == "struct_value":
+            meta, kept = value.struct_value.fields, out.fields[name].struct_value
+            kept.SetInParent()  # an object, even when none of its fields is kept
+            for key in RECORD_METADATA:
+                if key in meta:
+                    kept.fields[key].CopyFrom(meta[key])
+        else:
+            out.fields[name].CopyFrom(value)
+    return out
+
+
+def _intent_key(fields: Any) -> bytes | None:
+    """Canonical bytes of the spec's intent, or None when the spec is not an object.
+
+    Without a spec, parse_spec validates an empty intent; a spec that is not an
+    object is not cached, so it fails (or not) exactly as it always did.
+    """
+    if "spec" not in fields:
+        return b""
+    spec = fields["spec"]
+    if spec.WhichOneof("kind") != "struct_value":
+        return None
+    wanted = struct_pb2.Struct()
+    for key, value in spec.struct_value.fields.items():
+        if key not in CROSSPLANE_SPEC_FIELDS:
+            wanted.fields[key].CopyFrom(value)
+    return _digest(wanted)
+
+
+def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | None:
+    """parse_spec(xr), shared by every XMachine whose intent has these canonical bytes."""
+    if key is None:
+        return parse_spec(xr)
+    hit = _SPECS.get(key)
+    if hit is None:
+        hit = (parse_spec(xr),)
+        _SPECS.put(key, hit)
+    return hit[0]
 
 
 def build(xrs: list[dict[str, Any]], me: Member) -> list[Member]:
     """The fleet as a list, this machine's own view of itself replacing its fleet copy."""
+    if isinstance(xrs, Fleet):
+        # Same result as below: excluding one key before or after deduplicating is the same.
+        return [*(m for m in xrs.ordered() if m.key != me.key), me]
     others = {}
     for xr in xrs:
         if not isinstance(xr, dict):

@@ -10,12 +10,18 @@ import grpc
 import pydantic
 from crossplane.function import logging, resource, response
 
-from function import pipeline, requirements, status, workspace
-from function.errors import describe
+from function import fleet, pipeline, requirements, status, workspace
+from function.errors import canonical, describe
 from function.model import FunctionInput
 
 MAX_REQUEST_BYTES = 8 << 20
 MAX_FLEET = 5000
+# A Composition has one input, so a handful of entries covers every Composition of a cluster.
+MAX_INPUTS = 16
+# Parsed step inputs (or why they are invalid), by their canonical protobuf bytes.
+_INPUTS: requirements.BoundedCache[bytes, FunctionInput | str] = requirements.BoundedCache(
+    MAX_INPUTS
+)
 
 
 class FunctionRunner(grpcv1.FunctionRunnerServiceServicer):
@@ -46,7 +52,7 @@ def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
 
 def _observed_workspace(req: fnv1.RunFunctionRequest) -> dict[str, Any] | None:
     if workspace.RESOURCE_NAME in req.observed.resources:
-        return resource.struct_to_dict(req.observed.resources[workspace.RESOURCE_NAME].resource)
+        return requirements.to_plain(req.observed.resources[workspace.RESOURCE_NAME].resource)
     return None
 
 
@@ -66,9 +72,22 @@ def _internal_error(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse,
 
 
 def _parse_input(req: fnv1.RunFunctionRequest) -> FunctionInput | str:
-    raw = resource.struct_to_dict(req.input) if req.HasField("input") else {}
+    """The step input, parsed once per distinct input (every call of a Composition repeats it).
+
+    The model is frozen and a pure function of the input's content, which the
+    canonical bytes identify, so a cached parse is the parse.
+    """
+    key = req.input.SerializeToString(deterministic=True) if req.HasField("input") else b""
+    parsed = _INPUTS.get(key)
+    if parsed is None:
+        parsed = _validate_input(requirements.to_plain(req.input) if req.HasField("input") else {})
+        _INPUTS.put(key, parsed)
+    return parsed
+
+
+def _validate_input(raw: dict[str, Any]) -> FunctionInput | str:
     try:
-        return FunctionInput.model_validate(raw)
+        return FunctionInput.model_validate(canonical(raw))
     except pydantic.ValidationError as err:
         return f"function input is invalid: {describe('input', err)}"
 
@@ -79,19 +98,22 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
         _refuse(req, rsp, fn_input)
         return
     requirements.declare(rsp, fn_input.inventory)
-    if req.ByteSize() > MAX_REQUEST_BYTES:
-        _refuse(req, rsp, f"request is {req.ByteSize()} bytes; the limit is {MAX_REQUEST_BYTES}")
+    # Computing the size serializes the whole request (milliseconds with a large fleet): once.
+    size = req.ByteSize()
+    if size > MAX_REQUEST_BYTES:
+        _refuse(req, rsp, f"request is {size} bytes; the limit is {MAX_REQUEST_BYTES}")
         return
-    fleet_answer = requirements.answer(req, requirements.FLEET)
-    if fleet_answer.items is not None and len(fleet_answer.items) > MAX_FLEET:
+    fleet_answer = requirements.resources(req, requirements.FLEET)
+    if fleet_answer is not None and len(fleet_answer.items) > MAX_FLEET:
         _refuse(req, rsp, f"fleet has {len(fleet_answer.items)} machines; the limit is {MAX_FLEET}")
         return
     request = pipeline.Request(
-        xr=resource.struct_to_dict(req.observed.composite.resource),
+        xr=requirements.to_plain(req.observed.composite.resource),
         observed_ws=_observed_workspace(req),
         fn_input=fn_input,
         inventory=requirements.answer(req, requirements.INVENTORY),
-        fleet=None if fleet_answer.items is None else requirements.to_dicts(fleet_answer.items),
+        # Records hold only what the fleet is built from, read once per distinct content.
+        fleet=None if fleet_answer is None else fleet.records(fleet_answer),
     )
     decision = pipeline.decide(request)
     _respond(rsp, request, decision)

@@ -10,6 +10,7 @@ bug (DESIGN §6.1).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from function.placement import Outcome, Placement, assign
 from function.requirements import Answer, to_dicts
 
 MAX_INVENTORY_BYTES = 1 << 20
+MAX_CACHED_INVENTORIES = 8  # distinct inventory texts kept parsed
 WAIT = dt.timedelta(seconds=30)
 PROVISIONING = dt.timedelta(minutes=1)
 STEADY = dt.timedelta(minutes=5)
@@ -99,6 +101,25 @@ def parse_spec(xr: dict[str, Any]) -> MachineSpec:
         raise Hold(phase="Invalid", reason="InvalidSpec", message=describe("spec", err)) from None
 
 
+class _NotYaml(Exception):  # noqa: N818 - carries the loader's message to parse_inventory
+    """The inventory text is not YAML."""
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_INVENTORIES)
+def _inventory_of(text: str) -> Inventory:
+    """Load and validate inventory text, once per distinct text.
+
+    Every call of every machine carries the same ConfigMap, and loading it was most
+    of a call's time. The model is frozen and a pure function of the text; failures
+    are not cached (lru_cache never caches an exception), so they are reported as before.
+    """
+    try:
+        data = yamlio.load_strict(text)
+    except Exception as exc:
+        raise _NotYaml(str(exc)) from None
+    return Inventory.model_validate(data)
+
+
 def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
     """Find and validate the inventory ConfigMap; a Hold says what is wrong with it."""
     src = fn_input.inventory
@@ -123,13 +144,11 @@ def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
         msg = f"inventory: ConfigMap {name} key {src.key} is over {MAX_INVENTORY_BYTES} bytes"
         raise Hold(phase="Pending", reason="InventoryInvalid", message=msg)
     try:
-        data = yamlio.load_strict(text)
-    except Exception as exc:
+        return _inventory_of(text)
+    except _NotYaml as exc:
         msg = f"inventory: ConfigMap {name} key {src.key} is not valid YAML: {exc}"
         msg = msg.replace("\n", " ")
         raise Hold(phase="Pending", reason="InventoryInvalid", message=msg) from None
-    try:
-        return Inventory.model_validate(data)
     except pydantic.ValidationError as err:
         msg = f"inventory: ConfigMap {name} is invalid: {describe('', err)}"
         raise Hold(phase="Pending", reason="InventoryInvalid", message=msg) from None

@@ -9,6 +9,7 @@ Machines after this one cannot change its outcome, so the walk stops there.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -45,13 +46,54 @@ class Outcome:
     unschedulable: str | None = None
 
 
-def _demand_of(member: Member, inv: Inventory, defaults: Defaults) -> Demand | None:
-    if member.spec is None:
-        return None
-    try:
-        return resolve(member.spec, inv, defaults)
-    except FabricError:
-        return None
+class _Demands:
+    """Each fleet member's resolved demand, resolved once per distinct spec object.
+
+    Resolving a spec scans the inventory's devices, so resolving every member of a
+    large fleet on a large inventory dominated placing a machine. Fleet members
+    with the same intent share one parsed spec object (fleet.records caches them),
+    and resolve() is a pure function of (spec, inventory, defaults), which are
+    fixed for the duration of one assign(): the memo returns what resolve() would.
+    It is keyed by id(spec); the fleet list keeps every spec alive for the whole
+    call, so no id is reused while the memo lives.
+    """
+
+    def __init__(self, inv: Inventory, defaults: Defaults) -> None:
+        self._inv = inv
+        self._defaults = defaults
+        self._memo: dict[int, Demand | None] = {}
+
+    def of(self, member: Member) -> Demand | None:
+        """The member's demand, or None when its spec is invalid or does not resolve."""
+        if member.spec is None:
+            return None
+        key = id(member.spec)
+        if key not in self._memo:
+            try:
+                self._memo[key] = resolve(member.spec, self._inv, self._defaults)
+            except FabricError:
+                self._memo[key] = None
+        return self._memo[key]
+
+
+def _interface_ip(address: str) -> ipaddress.IPv4Address:
+    """The IP of a held CIDR address (text from an XR status or Workspace annotation)."""
+    if isinstance(address, str):
+        return _cached_interface_ip(address)
+    # Not text (a malformed status): no cache, so it fails exactly as it always did.
+    return ipaddress.IPv4Interface(address).ip
+
+
+@functools.lru_cache(maxsize=8192)
+def _cached_interface_ip(address: str) -> ipaddress.IPv4Address:
+    """The IP of a CIDR address, memoized.
+
+    Parsing an interface builds a network object, and every steady-state call
+    re-reads the same held addresses of the whole fleet. A bad address raises
+    exactly as before (lru_cache does not cache exceptions); the cache is bounded
+    and its values are immutable.
+    """
+    return ipaddress.IPv4Interface(address).ip
 
 
 def _hold(ledger: Ledger, key: str, held: Held, demand: Demand | None) -> None:
@@ -60,8 +102,7 @@ def _hold(ledger: Ledger, key: str, held: Held, demand: Demand | None) -> None:
     for mapping in held.devices:
         ledger.device_holder.setdefault(mapping, key)
     if held.address:
-        ip = ipaddress.IPv4Interface(held.address).ip
-        ledger.address_holder.setdefault(ip, key)
+        ledger.address_holder.setdefault(_interface_ip(held.address), key)
     if demand is not None and demand.spread_group is not None:
         ledger.group_members.setdefault((demand.spread_group, held.node), key)
 
@@ -112,19 +153,23 @@ def assign(
     inv: Inventory, defaults: Defaults, fleet: list[Member], me: Member, my_demand: Demand
 ) -> Outcome:
     """Place the fleet in global order and return this machine's outcome."""
-    ledger = Ledger.from_inventory(inv)
-    for member in fleet:
-        if member.held is not None:
-            demand = my_demand if member.key == me.key else _demand_of(member, inv, defaults)
-            _hold(ledger, member.key, member.held, demand)
     if me.held is not None:
+        # Sticky: a placed machine keeps its placement whatever the rest of the fleet holds,
+        # so its outcome needs no ledger. Building one from every other member anyway was
+        # most of a steady-state call with a large fleet.
         h = me.held
         return Outcome(Placement(h.node, h.vmid, h.devices, h.address, h.network, fresh=False))
+    ledger = Ledger.from_inventory(inv)
+    demands = _Demands(inv, defaults)
+    for member in fleet:
+        if member.held is not None:
+            demand = my_demand if member.key == me.key else demands.of(member)
+            _hold(ledger, member.key, member.held, demand)
     pending = sorted((m for m in fleet if m.held is None), key=lambda m: m.order)
     for member in pending:
         if member.key == me.key:
             return _place(ledger, me.key, my_demand)
-        demand = _demand_of(member, inv, defaults)
+        demand = demands.of(member)
         if demand is not None:
             _place(ledger, member.key, demand)
     return _place(ledger, me.key, my_demand)

@@ -9,11 +9,14 @@ same things on every call: Crossplane stops calling once two calls agree.
 
 from __future__ import annotations
 
+import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
-from crossplane.function import resource
+from google.protobuf import struct_pb2
 
 from function.model import InventorySource
 
@@ -58,13 +61,103 @@ class Answer:
 
 def answer(req: fnv1.RunFunctionRequest, name: str) -> Answer:
     """The resources Crossplane returned for a requirement, from whichever field it used."""
+    found = resources(req, name)
+    return Answer(None if found is None else list(found.items))
+
+
+def resources(req: fnv1.RunFunctionRequest, name: str) -> fnv1.Resources | None:
+    """Crossplane's answer to a requirement as the protobuf message, None if not answered."""
     if name in req.required_resources:
-        return Answer(list(req.required_resources[name].items))
+        return req.required_resources[name]
     if name in req.extra_resources:
-        return Answer(list(req.extra_resources[name].items))
-    return Answer(None)
+        return req.extra_resources[name]
+    return None
 
 
 def to_dicts(items: list[fnv1.Resource]) -> list[dict[str, Any]]:
     """Convert returned resources to plain dicts."""
-    return [resource.struct_to_dict(item.resource) for item in items]
+    return [to_plain(item.resource) for item in items]
+
+
+# --- reading Structs fast -------------------------------------------------------------------
+
+
+def to_plain(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain data: exactly what the SDK's `resource.struct_to_dict` returns.
+
+    The SDK goes through protobuf's generic JSON printer, which looks up field
+    descriptors for every value; reading the Struct's oneofs directly is several
+    times faster, and with a fleet of a thousand XMachines that conversion was the
+    largest cost of a call. The result is the same: keys in the Struct's iteration
+    order, every number a float (3 arrives as 3.0), an unset value None, and NaN or
+    infinity refused with ValueError as the SDK refuses them.
+    """
+    return {key: plain_value(value) for key, value in struct.fields.items()}
+
+
+def plain_value(value: struct_pb2.Value) -> Any:
+    """One Struct value as plain data (see to_plain)."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "struct_value":
+        return to_plain(value.struct_value)
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            msg = f"Fail to serialize {number} for Value.number_value"
+            raise ValueError(msg)
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        return [plain_value(item) for item in value.list_value.values]
+    return None  # null_value, or no kind set
+
+
+# --- bounded caches -------------------------------------------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """A least-recently-used map that never holds more than `size` entries.
+
+    Used for values derived deterministically from request content and keyed by
+    that content (or a cryptographic digest of it): a hit returns exactly what
+    computing again would. Thread-safe, because tests call the function from
+    several threads in one process.
+    """
+
+    def __init__(self, size: int) -> None:
+        """Create an empty cache of at most `size` entries."""
+        self._size = size
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        """The cached value, or None; a hit becomes the most recently used entry."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        """Remember a value, forgetting the least recently used entry when full."""
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def trim(self, size: int) -> None:
+        """Forget the least recently used entries until at most `size` remain."""
+        with self._lock:
+            while len(self._entries) > size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        """How many entries the cache holds."""
+        return len(self._entries)

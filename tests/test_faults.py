@@ -228,6 +228,8 @@ def reshaped(observed: dict[str, Any], change: str) -> dict[str, Any]:
         del notes[VMID]
     elif change == "vmid not a number":
         notes[VMID] = "two hundred"
+    elif change == "vmid zero":
+        notes[VMID] = "0"
     elif change == "spec missing":
         del out["spec"]
     elif change == "module not JSON":
@@ -247,16 +249,16 @@ def reshaped(observed: dict[str, Any], change: str) -> dict[str, Any]:
 # VMID the Workspace records. These are the only two safe answers (DESIGN §6.1). The last two
 # columns: what the claim is told without and with the placement in the XR status.
 NO_PLACEMENT = "the observed Workspace carries no Fabric placement; it is held unchanged"
-INTERNAL = "internal error in function-fabric"
 ODD_WORKSPACES = [
     ("no annotations", "held", NO_PLACEMENT, ""),
     ("no vmid annotation", "held", NO_PLACEMENT, ""),
     ("vmid not a number", "held", NO_PLACEMENT, ""),
+    ("vmid zero", "held", NO_PLACEMENT, ""),
     ("spec missing", "same place", "", ""),
     ("module not JSON", "same place", "", ""),
     ("status a string", "same place", "", ""),
     ("conditions junk", "held", "", ""),
-    ("metadata a list", "held", INTERNAL, INTERNAL),
+    ("metadata a list", "held", NO_PLACEMENT, ""),
     ("no apiVersion and kind", "held", "", ""),
 ]
 

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that report ratios measured in one run (never timed tests)."""

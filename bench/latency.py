@@ -1,0 +1,329 @@
+"""End-to-end latency of Fabric against a no-op function on the same SDK, in one run.
+
+Run with `python -m bench.latency`. For each (nodes, fleet) size it starts Fabric
+(`python -m function.main --insecure`) and the no-op (`python -m bench.noop`) in
+their own processes, builds one realistic steady-state request (one XMachine that
+was rendered once and whose Workspace is applied, the inventory and the whole
+fleet answered in `extra_resources`, as Crossplane 1.x does), and sends the very
+same bytes to both over loopback gRPC:
+
+- latency: a fixed number of sequential calls, alternating between the two
+  servers so both see the same machine load; p50, p99 and their ratio;
+- throughput at concurrency 1 (from those calls) and 8 (threads, each with its
+  own channel, a fixed number of calls each);
+- peak RSS of each server process (VmHWM from /proc/<pid>/status), after the
+  sequential calls and again after the concurrent ones (8 large requests in
+  flight at once weigh several MiB each, parsed, in any server).
+
+It prints markdown tables. Numbers are only comparable within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import crossplane.function.proto.v1.run_function_pb2 as fnv1
+import grpc
+from crossplane.function import logging, resource
+
+from bench import synthetic
+from function.fn import run
+from function.main import MAX_MESSAGE_BYTES
+from tools import xpsim
+
+METHOD = "/apiextensions.fn.proto.v1.FunctionRunnerService/RunFunction"
+SIZES = ((5, 10), (50, 100), (500, 1000))
+CONCURRENCY = 8
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+Call = Callable[[bytes], bytes]
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+def _applied(workspace: dict[str, Any]) -> dict[str, Any]:
+    """The Workspace as Crossplane observes it once provider-terraform applied it."""
+    observed = copy.deepcopy(workspace)
+    observed["metadata"].update(name="bench-ws", uid="ws-uid", resourceVersion="42")
+    observed["status"] = {
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Available"},
+            {"type": "Synced", "status": "True", "reason": "ReconcileSuccess"},
+        ],
+        "atProvider": {"outputs": {"vm_id": 5009, "node": "node-000", "ipv4": "10.0.1.9"}},
+    }
+    return observed
+
+
+def steady_request(nodes: int, machines: int) -> fnv1.RunFunctionRequest:
+    """The last machine of the fleet, rendered once, its Workspace applied, asked again."""
+    log = logging.get_logger()
+    call = lambda req: run(req, log)  # noqa: E731 - the in-process call xpsim expects
+    inventory = synthetic.configmap(nodes)
+    xrs = synthetic.fleet(machines, nodes, steady=True)
+    me = xrs[-1]
+    fn_input = xpsim.composition_input()
+    first = xpsim.converge(call, xpsim.request(me, fn_input), xpsim.Cluster([inventory, *xrs]))
+    workspace = resource.struct_to_dict(first.desired.resources["workspace"].resource)
+    me = {**me, "status": resource.struct_to_dict(first.desired.composite.resource)["status"]}
+    cluster = xpsim.Cluster([inventory, *xrs[:-1], me])
+    req = xpsim.request(me, fn_input, {"workspace": _applied(workspace)})
+    return xpsim.answer(req, call(req), cluster, v2=False)
+
+
+def check(rsp: fnv1.RunFunctionResponse) -> None:
+    """The steady-state response must be the full answer: a Workspace and a Running machine."""
+    fatal = [r.message for r in rsp.results if r.severity == fnv1.SEVERITY_FATAL]
+    assert not fatal, fatal
+    assert "workspace" in rsp.desired.resources
+    phase = resource.struct_to_dict(rsp.desired.composite.resource)["status"]["phase"]
+    assert phase == "Running", phase
+
+
+# --- the servers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A function process and a raw-bytes caller (the request is serialized once)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    address: str
+
+    def caller(self) -> tuple[grpc.Channel, Call]:
+        """A new channel and a call that sends request bytes and returns response bytes."""
+        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        method = channel.unary_unary(METHOD)  # no serializers: bytes in, bytes out
+        return channel, lambda body: method(body, timeout=60)
+
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident set size (VmHWM) in MiB."""
+        return _proc_status_kib(self.proc.pid, "VmHWM") / 1024
+
+
+def _proc_status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    msg = f"no {field} in /proc/{pid}/status"
+    raise RuntimeError(msg)
+
+
+@contextlib.contextmanager
+def server(name: str, module: str, *args: str) -> Iterator[Server]:
+    """Start `python -m module --address ... *args` and stop it afterwards."""
+    address = f"127.0.0.1:{xpsim.free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(xpsim.ROOT)}
+    cmd = [sys.executable, "-m", module, "--address", address, *args]
+    proc = subprocess.Popen(
+        cmd, cwd=xpsim.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(address, proc)
+        yield Server(name, proc, address)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_for(address: str, proc: subprocess.Popen[bytes]) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"{proc.args!r} exited with {proc.returncode}"
+            raise RuntimeError(msg)
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.2):
+            return
+        time.sleep(0.05)
+    msg = f"{proc.args!r} did not listen within 30s"
+    raise RuntimeError(msg)
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """What was measured for one server at one size."""
+
+    p50: float  # seconds
+    p99: float
+    rps1: float
+    rps8: float = 0.0
+    rss1_mib: float = 0.0  # peak RSS after the sequential calls
+    rss8_mib: float = 0.0  # peak RSS after the concurrent calls too
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest rank."""
+    ordered = sorted(samples)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def sequential(calls: dict[str, Call], body: bytes, count: int) -> dict[str, Stats]:
+    """Alternate calls between the servers; per-call latency, p50/p99, throughput at c=1."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(count):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call(body)
+            samples[name].append(time.perf_counter() - start)
+    return {
+        name: Stats(
+            p50=statistics.median(times),
+            p99=percentile(times, 99),
+            rps1=len(times) / sum(times),
+        )
+        for name, times in samples.items()
+    }
+
+
+def concurrent(srv: Server, body: bytes, per_thread: int) -> float:
+    """Requests per second with CONCURRENCY threads, each with its own channel."""
+    callers = [srv.caller() for _ in range(CONCURRENCY)]
+    for _, call in callers:
+        call(body)  # connect before the clock starts
+    start_line = threading.Barrier(CONCURRENCY + 1)
+
+    def worker(call: Call) -> None:
+        start_line.wait()
+        for _ in range(per_thread):
+            call(body)
+
+    threads = [threading.Thread(target=worker, args=(call,)) for _, call in callers]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    for channel, _ in callers:
+        channel.close()
+    return CONCURRENCY * per_thread / elapsed
+
+
+@dataclass
+class Row:
+    """One size: what was sent and what each server did with it."""
+
+    nodes: int
+    machines: int
+    request_kib: float
+    fabric: Stats
+    noop: Stats
+
+
+def measure(nodes: int, machines: int, count: int) -> Row:
+    """Measure both servers, fresh processes, at one size."""
+    req = steady_request(nodes, machines)
+    body = req.SerializeToString()
+    with (
+        server("fabric", "function.main", "--insecure") as fabric,
+        server("noop", "bench.noop") as noop,
+    ):
+        channels = {s.name: s.caller() for s in (fabric, noop)}
+        calls = {name: call for name, (_, call) in channels.items()}
+        rsp = fnv1.RunFunctionResponse.FromString(calls["fabric"](body))
+        check(rsp)
+        for _ in range(5):  # warm-up: first-call imports, caches, connections
+            for call in calls.values():
+                call(body)
+        stats = sequential(calls, body, count)
+        for srv in (fabric, noop):
+            stats[srv.name].rss1_mib = srv.peak_rss_mib()
+        for srv in (fabric, noop):
+            stats[srv.name].rps8 = concurrent(srv, body, max(count // CONCURRENCY, 4))
+            stats[srv.name].rss8_mib = srv.peak_rss_mib()
+        for channel, _ in channels.values():
+            channel.close()
+    return Row(nodes, machines, len(body) / 1024, stats["fabric"], stats["noop"])
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    """Two markdown tables: latency, then throughput and memory."""
+    out = [
+        (
+            "| nodes | fleet | request KiB | Fabric p50 ms | no-op p50 ms | p50 ratio "
+            "| Fabric p99 ms | no-op p99 ms | p99 ratio |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        f, n = r.fabric, r.noop
+        out.append(
+            f"| {r.nodes} | {r.machines} | {r.request_kib:.0f} | {f.p50 * 1e3:.2f} "
+            f"| {n.p50 * 1e3:.2f} | {f.p50 / n.p50:.2f} | {f.p99 * 1e3:.2f} "
+            f"| {n.p99 * 1e3:.2f} | {f.p99 / n.p99:.2f} |"
+        )
+    out += [
+        "",
+        (
+            "| nodes | fleet | Fabric req/s c=1 | no-op req/s c=1 | Fabric req/s c=8 "
+            "| no-op req/s c=8 | Fabric peak RSS MiB c=1 | no-op c=1 | Fabric c=8 | no-op c=8 |"
+        ),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        f, n = r.fabric, r.noop
+        out.append(
+            f"| {r.nodes} | {r.machines} | {f.rps1:.0f} | {n.rps1:.0f} | {f.rps8:.0f} "
+            f"| {n.rps8:.0f} | {f.rss1_mib:.1f} | {n.rss1_mib:.1f} | {f.rss8_mib:.1f} "
+            f"| {n.rss8_mib:.1f} |"
+        )
+    return "\n".join(out)
+
+
+def _size(text: str) -> tuple[int, int]:
+    nodes, machines = text.split("x")
+    return int(nodes), int(machines)
+
+
+def main() -> None:
+    """Parse arguments, measure every size, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        type=_size,
+        nargs="+",
+        default=list(SIZES),
+        help="NODESxFLEET pairs, e.g. 5x10 50x100 500x1000",
+    )
+    parser.add_argument("--count", type=int, default=100, help="sequential calls per server")
+    args = parser.parse_args()
+    logging.configure(level=logging.Level.DISABLED)  # the in-process request building is quiet
+    rows = []
+    for nodes, machines in args.sizes:
+        rows.append(measure(nodes, machines, args.count))
+        print(f"measured {nodes} nodes x {machines} machines", file=sys.stderr)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
