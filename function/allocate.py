@@ -32,6 +32,11 @@ class Ledger:
     vmid_holder: dict[int, str] = field(default_factory=dict)
     address_holder: dict[ipaddress.IPv4Address, str] = field(default_factory=dict)
     group_members: dict[tuple[str, str], str] = field(default_factory=dict)  # (group, node) -> key
+    # Usage of held machines that come LATER in the global order than the machine being
+    # placed. Filters count it (it is real), scores do not: an earlier machine must rank
+    # nodes the same whether or not a later one has landed yet, or two reconciles that saw
+    # the fleet at different moments would place it differently (see placement.assign).
+    later: dict[str, NodeUse] = field(default_factory=dict)
     _next_vmid: int = 0
     # Allocation cursors per pool (pool start, end, gateway): every address below a cursor is
     # held or is the gateway. Holds only ever add, so a cursor never moves back, and placing a

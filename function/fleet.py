@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -100,28 +101,45 @@ def held_from_status(status: dict[str, Any]) -> Held | None:
     node, vmid = status.get("node"), _as_vmid(status.get("vmId"))
     if not isinstance(node, str) or not node or vmid is None:
         return None
+    listed = status.get("devices")
     devices = tuple(
         sorted(
             str(d["mapping"])
-            for d in status.get("devices") or []
+            for d in (listed if isinstance(listed, list) else [])
             if isinstance(d, dict) and d.get("mapping")
         )
     )
-    address = status.get("address") or None
-    network = status.get("network") or None
-    return Held(node, vmid, devices, address, network)
+    network = status.get("network")
+    return Held(node, vmid, devices, _cidr(status.get("address")), _text(network))
+
+
+def _cidr(value: Any) -> str | None:
+    # Fabric writes valid addresses; anything else was written by hand and is not trusted
+    # to hold an address (one broken status must not break every other machine's call).
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        ipaddress.IPv4Interface(value)
+    except ValueError:
+        return None
+    return value if "/" in value else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def held_from_workspace(workspace: dict[str, Any]) -> Held | None:
     """Read the placement recorded in the annotations of an observed Workspace."""
     notes = obj(obj(workspace.get("metadata")).get("annotations"))
-    node = notes.get(ANNOTATION_PREFIX + "node")
+    node = _text(notes.get(ANNOTATION_PREFIX + "node"))
     vmid = _as_vmid(notes.get(ANNOTATION_PREFIX + "vmid"))
-    if not node or vmid is None:
+    if node is None or vmid is None:
         return None
-    devices = tuple(sorted(d for d in notes.get(ANNOTATION_PREFIX + "devices", "").split(",") if d))
-    address = notes.get(ANNOTATION_PREFIX + "address") or None
-    network = notes.get(ANNOTATION_PREFIX + "network") or None
+    listed = _text(notes.get(ANNOTATION_PREFIX + "devices")) or ""
+    devices = tuple(sorted(d for d in listed.split(",") if d))
+    address = _cidr(notes.get(ANNOTATION_PREFIX + "address"))
+    network = _text(notes.get(ANNOTATION_PREFIX + "network"))
     return Held(node, vmid, devices, address, network)
 
 

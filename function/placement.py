@@ -13,7 +13,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 
-from function.allocate import Ledger
+from function.allocate import Ledger, NodeUse
 from function.demand import Demand, resolve
 from function.errors import FabricError
 from function.fleet import Held, Member
@@ -76,22 +76,13 @@ class _Demands:
         return self._memo[key]
 
 
-def _interface_ip(address: str) -> ipaddress.IPv4Address:
-    """The IP of a held CIDR address (text from an XR status or Workspace annotation)."""
-    if isinstance(address, str):
-        return _cached_interface_ip(address)
-    # Not text (a malformed status): no cache, so it fails exactly as it always did.
-    return ipaddress.IPv4Interface(address).ip
-
-
 @functools.lru_cache(maxsize=8192)
-def _cached_interface_ip(address: str) -> ipaddress.IPv4Address:
-    """The IP of a CIDR address, memoized.
+def _interface_ip(address: str) -> ipaddress.IPv4Address:
+    """The IP of a held CIDR address (fleet.py checked it parses), memoized.
 
     Parsing an interface builds a network object, and every steady-state call
-    re-reads the same held addresses of the whole fleet. A bad address raises
-    exactly as before (lru_cache does not cache exceptions); the cache is bounded
-    and its values are immutable.
+    re-reads the same held addresses of the whole fleet. The cache is bounded and
+    its values are immutable.
     """
     return ipaddress.IPv4Interface(address).ip
 
@@ -161,15 +152,45 @@ def assign(
         return Outcome(Placement(h.node, h.vmid, h.devices, h.address, h.network, fresh=False))
     ledger = Ledger.from_inventory(inv)
     demands = _Demands(inv, defaults)
-    for member in fleet:
-        if member.held is not None:
-            demand = my_demand if member.key == me.key else demands.of(member)
-            _hold(ledger, member.key, member.held, demand)
+    held = sorted((m for m in fleet if m.held is not None), key=lambda m: m.order)
+    for member in held:
+        if member.held is not None:  # always, by the filter above; said for the type checker
+            _hold(ledger, member.key, member.held, demands.of(member))
+    later = _LaterUse(held, demands)
     pending = sorted((m for m in fleet if m.held is None), key=lambda m: m.order)
     for member in pending:
+        ledger.later = later.after(member.order)
         if member.key == me.key:
             return _place(ledger, me.key, my_demand)
         demand = demands.of(member)
         if demand is not None:
             _place(ledger, member.key, demand)
+    ledger.later = later.after(me.order)
     return _place(ledger, me.key, my_demand)
+
+
+class _LaterUse:
+    """Per node, the size of the held machines that come after a point of the global order.
+
+    Pending machines are visited in order, so the point only moves forward: machines
+    drop out of the sums one by one, and the whole walk costs O(held + pending).
+    """
+
+    def __init__(self, held: list[Member], demands: _Demands) -> None:
+        self._held = [(m.order, m.held.node, demands.of(m)) for m in held if m.held]
+        self._next = 0
+        self._use: dict[str, NodeUse] = {}
+        for _, node, demand in self._held:
+            use = self._use.setdefault(node, NodeUse())
+            use.cpu += demand.cpu if demand else 0
+            use.memory_mib += demand.memory_mib if demand else 0
+
+    def after(self, order: tuple[str, str]) -> dict[str, NodeUse]:
+        """The sums for held machines ordered after `order` (which never decreases)."""
+        while self._next < len(self._held) and self._held[self._next][0] <= order:
+            _, node, demand = self._held[self._next]
+            use = self._use[node]
+            use.cpu -= demand.cpu if demand else 0
+            use.memory_mib -= demand.memory_mib if demand else 0
+            self._next += 1
+        return self._use

@@ -155,10 +155,13 @@ def first_failure(node: Node, demand: Demand, ledger: Ledger, key: str) -> str |
 def _allocated_share(node: Node, demand: Demand, ledger: Ledger) -> float:
     """How full the node would be after placing: the larger of its memory and CPU shares."""
     use = ledger.nodes[node.name]
+    later = ledger.later.get(node.name)
+    memory = use.memory_mib - (later.memory_mib if later else 0)
+    cpu = use.cpu - (later.cpu if later else 0)
     memory_capacity = max(node.memory - node.reserved_mib, 1)
     cpu_capacity = max(node.cpu, 1)
-    memory_share = (use.memory_mib + demand.memory_mib) / memory_capacity
-    cpu_share = (use.cpu + demand.cpu) / cpu_capacity
+    memory_share = (memory + demand.memory_mib) / memory_capacity
+    cpu_share = (cpu + demand.cpu) / cpu_capacity
     return max(memory_share, cpu_share)
 
 
