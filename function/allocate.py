@@ -56,6 +56,10 @@ class Ledger:
         ledger._next_vmid = inv.vmids.start
         for vmid in inv.reserved_vmids:
             ledger.vmid_holder[vmid] = "reserved in the inventory"
+        for node in inv.nodes:
+            for device in node.devices:
+                if device.held_by:
+                    ledger.device_holder[device.mapping] = f"unmanaged guest {device.held_by}"
         for guest in inv.unmanaged:
             ledger.vmid_holder[guest.vmid] = f"unmanaged {guest.kind} {guest.name}"
             use = ledger.nodes[guest.node]

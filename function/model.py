@@ -297,6 +297,9 @@ class Device(Strict):
     model: str | None = Field(default=None, max_length=200)
     pcie: bool = True
     primary_gpu: bool = Field(default=False, alias="primaryGpu")
+    # A guest Fabric does not manage already uses the device (e.g. an LXC container with the
+    # Coral): Proxmox only claims passthrough devices at VM start, so it would look free.
+    held_by: str | None = Field(default=None, alias="heldBy", max_length=100)
 
 
 class Node(Strict):

@@ -243,3 +243,15 @@ def test_claim_edit_that_would_move_the_machine_is_reported_not_done(call):
     assert "spec.placement.node is pumped-piglet but the machine lives on still-fawn" in joined
     assert "spec.devices asks for 0 device(s); the machine holds 1" in joined
     assert module(rsp)["resource"][VM]["machine"]["memory"] == [{"dedicated": 24576}]
+
+
+def test_device_held_by_an_unmanaged_guest_is_not_given_away(call):
+    data = inventory_data(inventory_cm())
+    bedbug = next(n for n in data["nodes"] if n["name"] == "fun-bedbug")
+    bedbug["devices"][0]["heldBy"] = "113 frigate"
+    rsp = reconcile(call, xr("frigate-vm", coral_spec()), [with_inventory(data)])
+    assert status(rsp)["phase"] == "Unschedulable"
+    assert (
+        "fun-bedbug: coral-tpu coral-usb is held by unmanaged guest 113 frigate"
+        in (status(rsp)["message"])
+    )
