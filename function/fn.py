@@ -117,7 +117,7 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
     )
     decision = pipeline.decide(request)
     _respond(rsp, request, decision)
-    log.info(
+    log.debug(
         "reconciled",
         machine=pipeline.machine_of(request.xr).key,
         phase=decision.report.phase,

@@ -9,9 +9,11 @@ break another's syntax, and the same facts always give the same bytes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,7 +41,33 @@ _NIXOS_REFUSED = (
 _NIXOS_UNIT_DIR = "/etc/systemd/system"
 
 
+MAX_CACHED_DOCUMENTS = 512  # one per machine of a large fleet is plenty: each is < 64 KiB
+_documents: collections.OrderedDict[str, str] = collections.OrderedDict()
+_documents_lock = threading.Lock()
+
+
 def compose(facts: GuestFacts) -> str:
+    """Render the user-data for a machine, once per distinct facts.
+
+    Crossplane calls for every machine again and again with the same facts, and
+    rendering was most of a small call's time. The key is the facts' repr, which
+    spells out every value exactly; refusals raise every time (never cached).
+    """
+    key = repr(facts)
+    with _documents_lock:
+        hit = _documents.get(key)
+        if hit is not None:
+            _documents.move_to_end(key)
+            return hit
+    text = _compose(facts)
+    with _documents_lock:
+        _documents[key] = text
+        if len(_documents) > MAX_CACHED_DOCUMENTS:
+            _documents.popitem(last=False)
+    return text
+
+
+def _compose(facts: GuestFacts) -> str:
     """Render the user-data for a machine as one `#cloud-config` document.
 
     Args:
