@@ -158,15 +158,17 @@ def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
 
 
 def _me(xr: dict[str, Any], observed_ws: dict[str, Any] | None, spec: MachineSpec) -> fleet.Member:
-    held = fleet.held_from_workspace(observed_ws) if observed_ws else None
-    if held is None:
-        held = fleet.held_from_status(xr.get("status") or {})
-    if observed_ws is not None and held is None:
-        # A Workspace exists but says nothing of where the VM lives: placing it again could
-        # pick another node or VMID and replace the VM. Hold it instead.
-        msg = "the observed Workspace carries no Fabric placement; it is held unchanged"
-        raise Hold(phase="Held", reason="UnexpectedWorkspace", message=msg)
-    meta = xr.get("metadata") or {}
+    if observed_ws is not None:
+        # The Workspace is where the VM is; only its own record says where. A status can be
+        # stale or edited, and rendering from it could move or replace the VM: without a
+        # readable record in the Workspace, hold it instead.
+        held = fleet.held_from_workspace(observed_ws)
+        if held is None:
+            msg = "the observed Workspace carries no Fabric placement; it is held unchanged"
+            raise Hold(phase="Held", reason="UnexpectedWorkspace", message=msg)
+    else:
+        held = fleet.held_from_status(fleet.obj(xr.get("status")))
+    meta = fleet.obj(xr.get("metadata"))
     return fleet.Member(
         key=fleet.machine_key(xr),
         created=str(meta.get("creationTimestamp") or ""),

@@ -415,3 +415,17 @@ def test_site_template_from_the_inventory_is_used_without_rebuilding(call):
     rsp = reconcile(call, xr("nas", spec))
     assert "unknown role 'nas-client'" in status(rsp)["message"]
     assert "docker-host" in status(rsp)["message"]
+
+
+def test_a_status_that_disagrees_with_the_workspace_never_moves_the_vm(call):
+    # The Workspace lost its placement record; the XR status names another node and VMID
+    # (stale, or edited by hand). Rendering from the status would replace the VM: hold it.
+    machine, observed, _ = placed_and_applied(call, xr("drift", basic_spec()))
+    observed = copy.deepcopy(observed)
+    for note in ("fabric.homelab.io/node", "fabric.homelab.io/vmid"):
+        del observed["metadata"]["annotations"][note]
+    machine["status"].update({"node": "pve", "vmId": 100})
+    rsp = reconcile(call, machine, observed=observed)
+    assert desired_ws(rsp)["spec"] == observed["spec"]
+    assert status(rsp)["phase"] == "Held"
+    assert any("carries no Fabric placement" in w for w in warnings(rsp))
