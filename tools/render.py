@@ -22,6 +22,7 @@ import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import yaml
 from crossplane.function import resource
 
+from function import yamlio
 from tools import xpsim
 
 SEVERITY = {
@@ -87,7 +88,9 @@ def render_all(paths: list[Path], *, v2: bool) -> int:
             req = xpsim.request(xr, fn_input)
             rsp = xpsim.converge(call, req, xpsim.Cluster([inventory, *fleet]), v2=v2)
             print(f"# ---- {path} ----")
-            print(yaml.safe_dump_all(_int_floats(_documents(xr, rsp)), sort_keys=False), end="")
+            docs = _int_floats(_documents(xr, rsp))
+            # yamlio writes multi-line strings (the user-data) as literal blocks: readable.
+            print("---\n".join(yamlio.dump(doc) for doc in docs), end="")
             print("---\n# Events on the claim:")
             print(yaml.safe_dump({"results": _results(rsp)}, sort_keys=False, width=120))
             failed += any(r.severity == fnv1.SEVERITY_FATAL for r in rsp.results)
