@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -105,7 +102,7 @@ class Server:
     """A function process and a raw-bytes caller (the request is serialized once)."""
 
     name: str
-    proc: subprocess.Popen[bytes]
+    pid: int
     address: str
 
     def caller(self) -> tuple[grpc.Channel, Call]:
@@ -116,7 +113,7 @@ class Server:
 
     def peak_rss_mib(self) -> float:
         """The process's peak resident set size (VmHWM) in MiB."""
-        return _proc_status_kib(self.proc.pid, "VmHWM") / 1024
+        return _proc_status_kib(self.pid, "VmHWM") / 1024
 
 
 def _proc_status_kib(pid: int, field: str) -> int:
@@ -130,35 +127,8 @@ def _proc_status_kib(pid: int, field: str) -> int:
 @contextlib.contextmanager
 def server(name: str, module: str, *args: str) -> Iterator[Server]:
     """Start `python -m module --address ... *args` and stop it afterwards."""
-    address = f"127.0.0.1:{xpsim.free_port()}"
-    env = {**os.environ, "PYTHONPATH": str(xpsim.ROOT)}
-    cmd = [sys.executable, "-m", module, "--address", address, *args]
-    proc = subprocess.Popen(
-        cmd, cwd=xpsim.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_for(address, proc)
-        yield Server(name, proc, address)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _wait_for(address: str, proc: subprocess.Popen[bytes]) -> None:
-    host, port = address.rsplit(":", 1)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            msg = f"{proc.args!r} exited with {proc.returncode}"
-            raise RuntimeError(msg)
-        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.2):
-            return
-        time.sleep(0.05)
-    msg = f"{proc.args!r} did not listen within 30s"
-    raise RuntimeError(msg)
+    with xpsim.launch(module, *args) as running:
+        yield Server(name, running.pid, running.address)
 
 
 # --- measurements -------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ class FabricError(Exception):
 
 def show_value(value: Any) -> str:
     """Render an offending value briefly and safely for a message."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # protobuf Structs carry every number as a double
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # Structs carry every number as a double; whole ones read as ints
     text = repr(value)
     if len(text) > MAX_VALUE_CHARS:
         text = text[: MAX_VALUE_CHARS - 3] + "..."

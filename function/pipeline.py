@@ -235,15 +235,8 @@ def decide(req: Request) -> Decision:
         if outcome.placement is None:
             raise _unschedulable(outcome)
         report.placement = outcome.placement
-        _placed(
-            decision,
-            req=req,
-            machine=machine,
-            spec=spec,
-            demand=demand,
-            inv=inv,
-            placement=outcome.placement,
-        )
+        subject = render.Subject(machine, spec, demand, inv, req.fn_input)
+        _placed(decision, req, subject, outcome.placement)
     except Hold as hold:
         _held(decision, req, hold)
     return decision
@@ -254,29 +247,16 @@ def _unschedulable(outcome: Outcome) -> Hold:
 
 
 def _placed(
-    decision: Decision,
-    *,
-    req: Request,
-    machine: render.Machine,
-    spec: MachineSpec,
-    demand: Demand,
-    inv: Inventory,
-    placement: Placement,
+    decision: Decision, req: Request, subject: render.Subject, placement: Placement
 ) -> None:
     report = decision.report
+    spec, demand, inv = subject.spec, subject.demand, subject.inv
     for note in drift(spec, demand, placement):
         report.warn(note)
     if inv.node(placement.node) is None:
         report.warn(f"the inventory no longer lists node {placement.node}; the machine stays there")
     try:
-        decision.desired_ws = render.workspace_manifest(
-            machine=machine,
-            spec=spec,
-            demand=demand,
-            placement=placement,
-            inv=inv,
-            fn_input=req.fn_input,
-        )
+        decision.desired_ws = render.workspace_manifest(subject, placement)
     except FabricError as err:
         phase = "Held" if req.observed_ws is not None else "Invalid"
         raise Hold(phase=phase, reason="InvalidSpec", message=str(err)) from None

@@ -23,6 +23,17 @@ class Machine:
     claim_namespace: str | None = None  # the claim's namespace, for a legacy XR with a claim
 
 
+@dataclass(frozen=True)
+class Subject:
+    """Everything rendering reads besides the placement: the machine, its claim, the site."""
+
+    machine: Machine
+    spec: MachineSpec
+    demand: Demand
+    inv: Inventory
+    fn_input: FunctionInput
+
+
 def held_devices(placement: Placement, inv: Inventory) -> tuple[Device, ...]:
     """The inventory records of the devices a placement holds, in mapping order."""
     node = inv.node(placement.node)
@@ -39,16 +50,11 @@ def held_devices(placement: Placement, inv: Inventory) -> tuple[Device, ...]:
 
 
 def guest_facts(
-    *,
-    machine: Machine,
-    spec: MachineSpec,
-    demand: Demand,
-    placement: Placement,
-    devices: tuple[Device, ...],
-    inv: Inventory,
-    fn_input: FunctionInput,
+    subject: Subject, placement: Placement, devices: tuple[Device, ...]
 ) -> cloudinit.GuestFacts:
     """What the user-data composer may know about the machine."""
+    machine, spec, demand = subject.machine, subject.spec, subject.demand
+    inv, fn_input = subject.inv, subject.fn_input
     network = None
     if demand.network is not None and demand.network_name is not None:
         net = demand.network
@@ -116,16 +122,10 @@ def _template_vmid(demand: Demand, node: str) -> int:
     return vmid
 
 
-def workspace_manifest(
-    *,
-    machine: Machine,
-    spec: MachineSpec,
-    demand: Demand,
-    placement: Placement,
-    inv: Inventory,
-    fn_input: FunctionInput,
-) -> dict[str, object]:
+def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, object]:
     """Render everything for a placed machine; FabricError when the claim cannot be rendered."""
+    machine, spec, demand = subject.machine, subject.spec, subject.demand
+    inv, fn_input = subject.inv, subject.fn_input
     devices = held_devices(placement, inv)
     node = inv.node(placement.node)
     if node is None:
@@ -138,15 +138,7 @@ def workspace_manifest(
         )
         raise FabricError(msg)
     _check_secret_namespaces(spec, machine)
-    facts = guest_facts(
-        machine=machine,
-        spec=spec,
-        demand=demand,
-        placement=placement,
-        devices=devices,
-        inv=inv,
-        fn_input=fn_input,
-    )
+    facts = guest_facts(subject, placement, devices)
     user_data = cloudinit.compose(facts)
     name = workspace.external_name(machine.xr_uid, machine.xr_name, machine.namespace)
     shape = terraform.VmShape(

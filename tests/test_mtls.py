@@ -13,10 +13,8 @@ import contextlib
 import copy
 import datetime as dt
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -201,36 +199,8 @@ def _process(
     *args: str, env: dict[str, str] | None = None, logs: Path | None = None
 ) -> Iterator[tuple[str, Path | None]]:
     """The function in its own process; with `logs`, stdout and stderr go to that file."""
-    address = f"127.0.0.1:{xpsim.free_port()}"
-    full_env = {**os.environ, "PYTHONPATH": str(xpsim.ROOT), **(env or {})}
-    cmd = [sys.executable, "-m", "function.main", "--address", address, *args]
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(logs.open("wb")) if logs else subprocess.DEVNULL
-        proc = subprocess.Popen(
-            cmd, cwd=xpsim.ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            _wait_for(address, proc)
-            yield address, logs
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_for(address: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    port = int(address.rsplit(":", 1)[1])
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"function exited with {proc.returncode}"
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        time.sleep(0.05)
-    pytest.fail("function did not listen within 30s")
+    with xpsim.launch("function.main", *args, env=env, log=logs) as running:
+        yield running.address, logs
 
 
 # --- mTLS -----------------------------------------------------------------------------------

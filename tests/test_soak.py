@@ -17,8 +17,6 @@ import copy
 import itertools
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -173,34 +171,8 @@ def _kind(obj: Any) -> str:
 @contextlib.contextmanager
 def function_process(log: Path) -> Iterator[tuple[str, int]]:
     """The function in its own process (insecure, as Crossplane's Development runtime)."""
-    address = f"127.0.0.1:{xpsim.free_port()}"
-    env = {**os.environ, "PYTHONPATH": str(xpsim.ROOT)}
-    cmd = [sys.executable, "-m", "function.main", "--insecure", "--address", address]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=xpsim.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            _wait_ready(address, proc, log)
-            yield address, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text(errors="replace")
-        with (
-            grpc.insecure_channel(address) as channel,
-            contextlib.suppress(grpc.FutureTimeoutError),
-        ):
-            grpc.channel_ready_future(channel).result(timeout=0.5)
-            return
-    pytest.fail("the function did not become ready within 30s")
+    with xpsim.launch("function.main", "--insecure", log=log) as running:
+        yield running.address, running.pid
 
 
 def rss_mib(pid: int) -> float:

@@ -150,33 +150,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def serve(*args: str, port: int | None = None, log: Path | None = None) -> Iterator[str]:
-    """Run the function as Crossplane would (its own process) and yield its address.
+@dataclass(frozen=True)
+class Running:
+    """A served process: where it listens and its pid (for memory readings)."""
 
-    The function's log (stdout and stderr) goes to `log`, or to a temporary file: a pipe nobody
+    address: str
+    pid: int
+
+
+@contextlib.contextmanager
+def launch(
+    module: str,
+    *args: str,
+    port: int | None = None,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[Running]:
+    """Run `python -m module --address 127.0.0.1:PORT *args` until the block ends.
+
+    Its output (stdout and stderr) goes to `log`, or to a temporary file: a pipe nobody
     reads would fill up and stall the server after a few hundred calls.
     """
     port = port or free_port()
     address = f"127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "function.main", "--address", address, *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", module, "--address", address, *args]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with contextlib.ExitStack() as stack:
         sink: IO[bytes] = stack.enter_context(
             tempfile.TemporaryFile() if log is None else log.open("w+b")  # noqa: SIM115 - in the stack
         )
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+            cmd, cwd=ROOT, env=full_env, stdout=sink, stderr=subprocess.STDOUT
         )
         try:
             _wait_for(port, proc, sink)
-            yield address
+            yield Running(address, proc.pid)
         finally:
             proc.terminate()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def serve(*args: str, port: int | None = None, log: Path | None = None) -> Iterator[str]:
+    """Run the function as Crossplane would (its own process) and yield its address."""
+    with launch("function.main", *args, port=port, log=log) as running:
+        yield running.address
 
 
 def _wait_for(port: int, proc: subprocess.Popen[bytes], sink: IO[bytes]) -> None:
@@ -186,12 +208,12 @@ def _wait_for(port: int, proc: subprocess.Popen[bytes], sink: IO[bytes]) -> None
             sink.flush()
             sink.seek(0)
             err = sink.read().decode(errors="replace")
-            msg = f"function exited with {proc.returncode}: {err}"
+            msg = f"{proc.args!r} exited with {proc.returncode}: {err}"
             raise RuntimeError(msg)
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)
-    msg = "function did not start listening within 30s"
+    msg = f"{proc.args!r} did not start listening within 30s"
     raise RuntimeError(msg)
 
 

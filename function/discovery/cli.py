@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
+from function import yamlio
 from function.discovery import DiscoveryError
 from function.discovery.merge import (
     EMPTY_OVERRIDES,
@@ -117,7 +117,7 @@ def cli(  # click passes every flag by keyword
             apply_configmap(manifest)
             click.echo(f"configmap {namespace}/{name} applied (server-side)", err=True)
         else:
-            click.echo(dump_yaml(manifest), nl=False)
+            click.echo(yamlio.dump(manifest), nl=False)
     except DiscoveryError as exc:
         raise click.ClickException(str(exc).replace(token.value, "***")) from None
 
@@ -174,35 +174,8 @@ def configmap(inventory: dict[str, Any], name: str, namespace: str) -> dict[str,
             "labels": {INVENTORY_LABEL: "homelab"},
             "annotations": {"fabric.homelab.io/generated-by": FIELD_MANAGER},
         },
-        "data": {INVENTORY_KEY: dump_yaml(inventory)},
+        "data": {INVENTORY_KEY: yamlio.dump(inventory)},
     }
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block YAML; multi-line strings (the embedded inventory) as literal `|` blocks."""
-
-    def ignore_aliases(self, data: Any) -> bool:  # noqa: ARG002 - PyYAML's signature
-        return True
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
-def dump_yaml(data: Any) -> str:
-    """Dump as block YAML in insertion order; the pure-Python dumper, so bytes never vary."""
-    return yaml.dump(
-        data,
-        Dumper=_Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-        width=4096,
-    )
 
 
 # --- --apply -------------------------------------------------------------------------------------
