@@ -19,7 +19,6 @@ class NodeUse:
 
     cpu: int = 0
     memory_mib: int = 0
-    machines: int = 0
 
 
 @dataclass
@@ -78,7 +77,6 @@ class Ledger:
         use = self.nodes.setdefault(node, NodeUse())
         use.cpu += cpu
         use.memory_mib += memory_mib
-        use.machines += 1
 
     def node(self, name: str) -> Node | None:
         """The inventory's node of that name (what Inventory.node returns), in O(1)."""

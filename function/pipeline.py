@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic
@@ -51,7 +51,6 @@ class Decision:
     ready: bool = False
     ttl: dt.timedelta = WAIT
     inventory: Inventory | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Hold(Exception):  # noqa: N818 - it is an outcome, not an error of the function
