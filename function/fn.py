@@ -46,7 +46,11 @@ def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
     except Exception as exc:
         # Only the exception's type is logged: its text could quote claim data.
         log.error("internal error", error=type(exc).__name__)  # noqa: TRY400 - a traceback could quote claim data
-        _internal_error(req, rsp, type(exc).__name__)
+        try:
+            _internal_error(req, rsp, type(exc).__name__)
+        except Exception:  # noqa: BLE001 - even holding failed: a fatal result changes nothing
+            rsp = response.to(req)
+            response.fatal(rsp, f"internal error in function-fabric ({type(exc).__name__})")
     return rsp
 
 
