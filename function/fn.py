@@ -48,7 +48,7 @@ def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
         log.error("internal error", error=type(exc).__name__)  # noqa: TRY400 - a traceback could quote claim data
         try:
             _internal_error(req, rsp, type(exc).__name__)
-        except Exception:  # noqa: BLE001 - even holding failed: a fatal result changes nothing
+        except Exception:  # even holding failed: a fatal result changes nothing
             rsp = response.to(req)
             response.fatal(rsp, f"internal error in function-fabric ({type(exc).__name__})")
     return rsp
