@@ -128,10 +128,6 @@ def _network(spec: MachineSpec, inv: Inventory) -> tuple[str | None, Network | N
     return name, network, address
 
 
-def _pool(spec: MachineSpec) -> str | None:
-    return spec.storage.pool
-
-
 def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
     """Resolve a claim spec against the inventory; raise FabricError naming the bad field."""
     size = None
@@ -158,7 +154,7 @@ def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
         network_name=network_name,
         network=network,
         address=address,
-        pool=_pool(spec),
+        pool=spec.storage.pool,
         spread_group=spec.placement.spread_group,
         pin=spec.placement.node,
         strategy=spec.placement.strategy or inv.scoring,

@@ -264,7 +264,7 @@ def _digest(message: Any) -> bytes:
     return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
 
 
-def records(answer: fnv1.Resources) -> list[dict[str, Any]]:
+def records(answer: fnv1.Resources) -> Fleet:
     """The fleet Crossplane returned, as a Fleet of Records read once per distinct content."""
     key = _digest(answer)
     fleet = _FLEETS.get(key)
@@ -339,16 +339,6 @@ def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | None:
     return hit[0]
 
 
-def build(xrs: list[dict[str, Any]], me: Member) -> list[Member]:
+def build(xrs: Fleet, me: Member) -> list[Member]:
     """The fleet as a list, this machine's own view of itself replacing its fleet copy."""
-    if isinstance(xrs, Fleet):
-        # Same result as below: excluding one key before or after deduplicating is the same.
-        return [*(m for m in xrs.ordered() if m.key != me.key), me]
-    others = {}
-    for xr in xrs:
-        if not isinstance(xr, dict):
-            continue
-        m = member(xr)
-        if m.key and m.key != me.key:
-            others[m.key] = m
-    return [*sorted(others.values(), key=lambda m: m.order), me]
+    return [*(m for m in xrs.ordered() if m.key != me.key), me]

@@ -39,7 +39,7 @@ class Request:
     observed_ws: dict[str, Any] | None
     fn_input: FunctionInput
     inventory: Answer
-    fleet: list[dict[str, Any]] | None  # None until Crossplane answers
+    fleet: fleet.Fleet | None  # None until Crossplane answers
 
 
 @dataclass
@@ -285,27 +285,18 @@ def _held(decision: Decision, req: Request, hold: Hold) -> None:
         decision.desired_ws = workspace.held_copy(req.observed_ws)
         held = fleet.held_from_workspace(req.observed_ws)
         if held is not None:
-            report.placement = Placement(
-                held.node, held.vmid, held.devices, held.address, held.network, fresh=False
-            )
-        report.phase = "Held"
+            report.placement = Placement.of_held(held)
         report.condition("Valid", "False", hold.reason, f"held as it is: {hold.message}")
         report.warn(f"the machine is held as it is: {hold.message}")
         decision.ready = status.provisioning(report, req.observed_ws)
-        report.phase = "Held"
+        report.phase = "Held"  # whatever the Workspace's state, the claim is not applied
         decision.ttl = PROVISIONING
         return
     report.phase = hold.phase
-    if hold.phase == "Unschedulable":
-        report.condition("Scheduled", "False", "Unschedulable", hold.message)
-        report.warn(hold.message)
-    elif hold.phase == "Invalid":
-        report.condition("Scheduled", "False", "Invalid", hold.message)
+    invalid = hold.phase == "Invalid"
+    report.condition("Scheduled", "False", "Invalid" if invalid else hold.reason, hold.message)
+    if invalid:
         report.condition("Valid", "False", hold.reason, hold.message)
-        report.warn(hold.message)
-    elif hold.reason.startswith("Waiting"):
-        report.condition("Scheduled", "False", hold.reason, hold.message)
-    else:
-        report.condition("Scheduled", "False", hold.reason, hold.message)
-        report.warn(hold.message)
+    if not hold.reason.startswith("Waiting"):
+        report.warn(hold.message)  # waiting for Crossplane is routine, not worth an event
     decision.ttl = WAIT

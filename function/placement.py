@@ -37,6 +37,11 @@ class Placement:
         """The placement as it is recorded for good."""
         return Held(self.node, self.vmid, self.devices, self.address, self.network)
 
+    @classmethod
+    def of_held(cls, held: Held) -> Placement:
+        """A placement read back from its record (not made by this call)."""
+        return cls(held.node, held.vmid, held.devices, held.address, held.network, fresh=False)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -148,8 +153,7 @@ def assign(
         # Sticky: a placed machine keeps its placement whatever the rest of the fleet holds,
         # so its outcome needs no ledger. Building one from every other member anyway was
         # most of a steady-state call with a large fleet.
-        h = me.held
-        return Outcome(Placement(h.node, h.vmid, h.devices, h.address, h.network, fresh=False))
+        return Outcome(Placement.of_held(me.held))
     ledger = Ledger.from_inventory(inv)
     demands = _Demands(inv, defaults)
     held = sorted((m for m in fleet if m.held is not None), key=lambda m: m.order)

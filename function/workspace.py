@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from function.fleet import ANNOTATION_PREFIX, Held
+from function.fleet import ANNOTATION_PREFIX, Held, obj
 from function.model import BootstrapSecret
 
 EXTERNAL_NAME = "crossplane.io/external-name"
@@ -113,7 +113,7 @@ def held_copy(observed: dict[str, Any]) -> dict[str, Any]:
     Used when this call cannot render a new Workspace (bad claim, broken inventory,
     internal error): returning the Workspace unchanged keeps the VM as it is.
     """
-    meta = _mapping(observed.get("metadata"))
+    meta = obj(observed.get("metadata"))
     kept_meta = {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta}
     return {
         "apiVersion": observed.get("apiVersion", CLUSTER_API),
@@ -123,24 +123,19 @@ def held_copy(observed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    # Observed objects come from the API server, but a broken one must not crash the hold.
-    return value if isinstance(value, dict) else {}
-
-
 def outputs(observed: dict[str, Any] | None) -> dict[str, Any]:
     """The Workspace's Terraform outputs, as provider-terraform reports them."""
     if not observed:
         return {}
-    at = _mapping(_mapping(observed.get("status")).get("atProvider"))
-    return _mapping(at.get("outputs"))
+    at = obj(obj(observed.get("status")).get("atProvider"))
+    return obj(at.get("outputs"))
 
 
 def condition(observed: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
     """One status condition of the observed Workspace, if present."""
     if not observed:
         return None
-    conditions = _mapping(observed.get("status")).get("conditions")
+    conditions = obj(observed.get("status")).get("conditions")
     for cond in conditions if isinstance(conditions, list) else []:
         if isinstance(cond, dict) and cond.get("type") == kind:
             return cond
@@ -148,7 +143,7 @@ def condition(observed: dict[str, Any] | None, kind: str) -> dict[str, Any] | No
 
 
 def _module(ws: dict[str, Any]) -> dict[str, Any]:
-    text = _mapping(_mapping(ws.get("spec")).get("forProvider")).get("module")
+    text = obj(obj(ws.get("spec")).get("forProvider")).get("module")
     if not isinstance(text, str):
         return {}
     try:
