@@ -3,9 +3,9 @@
 #   make test     # the test suite (installs what it needs first)
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES = cloud-init debootstrap shellcheck nix-bin
+APT_PACKAGES = cloud-init debootstrap shellcheck nix-bin docker.io
 
-.PHONY: deps render test test-fast lint bench serve
+.PHONY: deps tools render test test-fast lint bench serve docker-env docker-stop
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -15,19 +15,32 @@ deps:
 	fi
 	$(PIP) install -q -e '.[dev,discovery]'
 
+# The real tools that judge every output (Crossplane CLI 1.16/1.20/2.0, Terraform 1.5.5, the
+# pinned bpg/proxmox provider), built from Go modules into $(FABRIC_TOOLS) (default
+# ~/.cache/fabric-tools) and reused while their pinned versions (tools/versions.env) hold.
+tools:
+	bash tools/build-tools.sh
+
+# A Docker daemon without a registry, for tests/test_image.py (which starts it itself as root).
+docker-env:
+	bash tools/docker-env.sh
+docker-stop:
+	bash tools/docker-env.sh stop
+
 render: deps
 	$(PYTHON) -m tools.render
 
-test: deps
+test: deps tools
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
-test-fast: deps
+test-fast: deps tools
 	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
 	ruff check .
 	ruff format --check .
 	mypy function tools
+	shellcheck -x tools/*.sh .ci/run
 
 bench: deps
 	$(PYTHON) -m bench.scheduler

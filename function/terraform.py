@@ -19,10 +19,28 @@ from function import secrets
 from function.model import Device, Network
 
 PROVIDER_SOURCE = "bpg/proxmox"
-# Tested against the schemas of 0.80.0 through 0.111.x; 1.0 may drop the names we use.
-PROVIDER_VERSION = ">= 0.80.0, < 1.0.0"
+# One exact version: provider-terraform keeps no .terraform.lock.hcl across pods, so a range would
+# let each run pick whatever the registry serves that day. Bump it with tools/versions.env
+# (BPG_VERSION, which the tests build and plan with) and the plan-safety tests on the new version.
+PROVIDER_VERSION = "0.111.1"
 FILE = "proxmox_virtual_environment_file"
 VM = "proxmox_virtual_environment_vm"
+# network_device is an attribute of type list(object), not a block (bpg's SDKv2 resource marks it
+# ConfigModeAttr): HCL accepts block syntax for it, but in JSON it is a plain value and Terraform
+# requires every field of the object. null leaves a field to the provider's default.
+NETWORK_DEVICE_FIELDS = (
+    "bridge",
+    "disconnected",
+    "enabled",
+    "firewall",
+    "mac_address",
+    "model",
+    "mtu",
+    "queues",
+    "rate_limit",
+    "trunks",
+    "vlan_id",
+)
 # Below provider-terraform's 20-minute limit for a whole run, so bpg gives up first and says why.
 TIMEOUT_SECONDS = 900
 # Edits to these would force a new VM; Fabric never lets a claim edit do that.
@@ -202,7 +220,8 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         "lifecycle": {"ignore_changes": VM_IGNORE_CHANGES},
     }
     if shape.network is not None:
-        nic: dict[str, Any] = {"bridge": shape.network.bridge, "model": "virtio"}
+        nic: dict[str, Any] = dict.fromkeys(NETWORK_DEVICE_FIELDS)
+        nic.update(bridge=shape.network.bridge, model="virtio")
         if shape.network.vlan is not None:
             nic["vlan_id"] = shape.network.vlan
         vm["network_device"] = [nic]

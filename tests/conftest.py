@@ -11,6 +11,7 @@ import copy
 import json
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
@@ -20,7 +21,7 @@ from crossplane.function import logging, resource
 from hypothesis import settings
 
 from function.fn import run
-from tools import xpsim
+from tools import crossplane_cli, realtools, xpsim
 
 # CI explores the same examples on every run, so a landing is never decided by chance; local
 # runs explore new ones each time, which is where new counterexamples come from.
@@ -32,6 +33,43 @@ NS = "infra-machines"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFabricTestKeyOnlyForTests me@laptop"
 
 Call = Callable[[fnv1.RunFunctionRequest], fnv1.RunFunctionResponse]
+
+
+def require_tool(name: str) -> Path:
+    """A real tool from the tool cache; missing, it fails the test in CI and skips it elsewhere."""
+    path = realtools.binary(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(realtools.missing(name))
+        pytest.skip(realtools.missing(name))
+    return path
+
+
+def require_reference(path: Path) -> Path:
+    """A third-party reference file in ../shared/reference (CI has them); skip where absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared reference files are not beside this checkout")
+    return path
+
+
+_RENDERED: dict[tuple[str, str, str], xpsim.Rendered] = {}
+
+
+def real_render(
+    cli: realtools.CrossplaneCLI,
+    example: Path,
+    address: str,
+    composition: Path = crossplane_cli.COMPOSITION,
+) -> xpsim.Rendered:
+    """The real CLI's render of one XR with the example inventory and fleet, once a session."""
+    key = (cli.name, str(example), str(composition))
+    if key not in _RENDERED:
+        binary = require_tool(cli.name)
+        resources = crossplane_cli.fleet_and_inventory()
+        _RENDERED[key] = crossplane_cli.render(
+            cli, binary, example, address, resources, composition=composition
+        )
+    return _RENDERED[key]
 
 
 @pytest.fixture(scope="session")

@@ -1,82 +1,102 @@
 """What the function emits, checked against the schemas of the tools that consume it.
 
-- Every attribute of the Terraform module exists in the bpg/proxmox provider schema of every
-  version Fabric supports, with the right type (tests/fixtures/bpg_attributes.json).
-- Every attribute that would replace the VM or a snippet is either fixed for good (vm_id,
-  node_name) or in lifecycle.ignore_changes.
-- Every Workspace validates against provider-terraform's Workspace CRD schema
-  (tests/fixtures/workspace_crd_spec.json).
+- Every attribute of the Terraform module exists in the real schema of the pinned bpg/proxmox
+  provider (`terraform providers schema -json` of the binary `make tools` builds), with the
+  right type; an object-typed attribute (network_device) carries every field of its object.
+- Every Workspace's spec validates against the spec schema of provider-terraform's real
+  Workspace CRDs (../shared/reference/provider-terraform), for many more claims than the
+  examples; the real CLI's `beta validate` of the examples is tests/test_real_validate.py.
+
+Which attributes would replace the VM is no longer a hand-kept list: real plans against a prior
+state show it (tests/test_real_terraform.py).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
+from function import terraform
 from tests.conftest import (
     basic_spec,
     desired_ws,
     gpu_spec,
     module,
     reconcile,
+    require_reference,
+    require_tool,
     xr,
 )
-from tools import xpsim
+from tools import realtools, tfharness, xpsim
 
-FIXTURES = Path(__file__).parent / "fixtures"
-BPG = json.loads((FIXTURES / "bpg_attributes.json").read_text())
-WORKSPACE = json.loads((FIXTURES / "workspace_crd_spec.json").read_text())
-# Replacing attributes Fabric sets once and never changes: the placement is sticky.
-STICKY = {"vm_id", "node_name", "content_type", "datastore_id"}
-PY_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "int": (int,),
-    "bool": (bool,),
-    "float": (int, float),
-    "list": (list,),
-    "map": (dict,),
+WORKSPACE_CRDS = {
+    "tf.upbound.io/v1beta1": "tf.upbound.io_workspaces.yaml",
+    "tf.m.upbound.io/v1beta1": "tf.m.upbound.io_workspaces.yaml",
 }
 
 
-def walk(resource_type: str, attrs: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Every (attribute path, value) in a resource body, blocks entered."""
-    found = []
-    schema = BPG[resource_type]
-    for key, value in attrs.items():
-        if not prefix and key == "lifecycle":
-            continue  # a Terraform meta-argument, not a provider attribute
-        path = f"{prefix}{key}"
-        found.append((path, value))
-        entry = schema.get(path)
-        if entry is not None and entry["kind"] == "block":
+@pytest.fixture(scope="session")
+def bpg(tmp_path_factory) -> dict[str, Any]:
+    """The pinned provider's resource schemas."""
+    require_tool("terraform")
+    require_tool("terraform-provider-proxmox")
+    schema = tfharness.provider_schema(tmp_path_factory.mktemp("bpg-schema"))
+    return schema["resource_schemas"]
+
+
+SCALARS: dict[str, Any] = {
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+}
+
+
+def type_ok(cty: Any, value: Any) -> bool:
+    """Whether a JSON value fits a Terraform (cty) type, as Terraform converts it."""
+    if value is None:
+        return True
+    if isinstance(cty, str):
+        return bool(SCALARS[cty](value))
+    kind, inner = cty
+    if kind in {"list", "set"}:
+        return isinstance(value, list) and all(type_ok(inner, v) for v in value)
+    if kind == "map":
+        return isinstance(value, dict) and all(type_ok(inner, v) for v in value.values())
+    # An object: Terraform requires every attribute of it (no optional attributes here).
+    return (
+        isinstance(value, dict)
+        and value.keys() == inner.keys()
+        and all(type_ok(inner[k], v) for k, v in value.items())
+    )
+
+
+def check_block(block: dict[str, Any], body: dict[str, Any], where: str) -> None:
+    """Every key of a resource body (or nested block) against its schema block."""
+    for key, value in body.items():
+        path = f"{where}.{key}"
+        if key in block.get("attributes", {}):
+            cty = block["attributes"][key]["type"]
+            assert type_ok(cty, value), f"{path}: {value!r} is not {cty}"
+        elif key in block.get("block_types", {}):
             assert isinstance(value, list), f"{path}: a block is a list of objects in JSON"
             for item in value:
-                found += walk(resource_type, item, f"{path}.")
-    return found
+                check_block(block["block_types"][key]["block"], item, path)
+        else:
+            msg = f"{path} is not a bpg attribute"
+            raise AssertionError(msg)
 
 
-def check_module(mod: dict[str, Any]) -> None:
+def check_module(bpg: dict[str, Any], mod: dict[str, Any]) -> None:
     for resource_type, resources in mod["resource"].items():
-        assert resource_type in BPG, resource_type
+        assert resource_type in bpg, resource_type
         for name, body in resources.items():
-            ignored = set(body.get("lifecycle", {}).get("ignore_changes", []))
-            for path, value in walk(resource_type, body):
-                entry = BPG[resource_type].get(path)
-                assert entry is not None, f"{resource_type}.{name}: {path} is not a bpg attribute"
-                if entry["kind"] != "block":
-                    want = PY_TYPES[entry["type"]]
-                    ok = isinstance(value, want) and not (
-                        entry["type"] in {"int", "float"} and isinstance(value, bool)
-                    )
-                    assert ok, f"{path}: {value!r} is not {entry['type']}"
-                if entry["forceNew"] and path not in STICKY:
-                    top = path.split(".")[0]
-                    covered = {top, path, path.replace(".", "[0].", 1)} & ignored
-                    assert covered, f"{path} would replace {resource_type}.{name} on change"
+            # lifecycle is a Terraform meta-argument, not a provider attribute.
+            attrs = {k: v for k, v in body.items() if k != "lifecycle"}
+            check_block(bpg[resource_type]["block"], attrs, f"{resource_type}.{name}")
 
 
 def example_xrs() -> list[tuple[str, dict[str, Any]]]:
@@ -112,26 +132,36 @@ def responses(call):
     return out
 
 
-def test_every_module_attribute_is_in_the_bpg_schema(responses):
+def test_every_module_attribute_is_in_the_bpg_schema(bpg, responses):
     for name, rsp in responses:
         assert desired_ws(rsp) is not None, name
-        check_module(module(rsp))
+        check_module(bpg, module(rsp))
 
 
-def test_the_schema_check_catches_an_unknown_attribute(responses):
+def test_the_schema_check_catches_an_unknown_attribute(bpg, responses):
     _, rsp = responses[0]
     mod = module(rsp)
     mod["resource"]["proxmox_virtual_environment_vm"]["machine"]["cpu"][0]["sockets_count"] = 2
     with pytest.raises(AssertionError, match=r"cpu\.sockets_count is not a bpg attribute"):
-        check_module(mod)
+        check_module(bpg, mod)
 
 
-def test_the_schema_check_catches_a_replacing_attribute_left_unguarded(responses):
+def test_the_schema_check_catches_an_incomplete_object(bpg, responses):
+    # What ea6a21b emitted: network_device as if it were a block with optional fields.
     _, rsp = responses[0]
     mod = module(rsp)
-    mod["resource"]["proxmox_virtual_environment_vm"]["machine"]["lifecycle"] = {}
-    with pytest.raises(AssertionError, match="would replace"):
-        check_module(mod)
+    vm = mod["resource"]["proxmox_virtual_environment_vm"]["machine"]
+    vm["network_device"] = [{"bridge": "vmbr0", "model": "virtio"}]
+    with pytest.raises(AssertionError, match="network_device"):
+        check_module(bpg, mod)
+
+
+def test_network_device_fields_are_the_providers(bpg):
+    # function/terraform.py lists the object's fields because JSON needs all of them.
+    cty = bpg["proxmox_virtual_environment_vm"]["block"]["attributes"]["network_device"]["type"]
+    assert cty[0] == "list"
+    assert cty[1][0] == "object"
+    assert set(terraform.NETWORK_DEVICE_FIELDS) == cty[1][1].keys()
 
 
 def crd_schema(api_version: str) -> dict[str, Any]:
@@ -142,7 +172,13 @@ def crd_schema(api_version: str) -> dict[str, Any]:
             return [clean(v) for v in node]
         return node
 
-    return clean(WORKSPACE[api_version]["spec"])
+    path = require_reference(
+        realtools.REFERENCE / "provider-terraform" / WORKSPACE_CRDS[api_version]
+    )
+    crd = yaml.safe_load(path.read_text())
+    version = api_version.split("/")[1]
+    schema = next(v["schema"] for v in crd["spec"]["versions"] if v["name"] == version)
+    return clean(schema["openAPIV3Schema"]["properties"]["spec"])
 
 
 def test_every_workspace_validates_against_the_crd(responses):

@@ -20,7 +20,6 @@ from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import yaml
-from crossplane.function import resource
 
 from function import yamlio
 from tools import xpsim
@@ -30,26 +29,11 @@ SEVERITY = {
     fnv1.SEVERITY_WARNING: "Warning",
     fnv1.SEVERITY_FATAL: "Fatal",
 }
-STATUS = {
-    fnv1.STATUS_CONDITION_TRUE: "True",
-    fnv1.STATUS_CONDITION_FALSE: "False",
-    fnv1.STATUS_CONDITION_UNKNOWN: "Unknown",
-}
 
 
-def _documents(xr: dict[str, Any], rsp: fnv1.RunFunctionResponse) -> list[dict[str, Any]]:
-    out = dict(xr)
-    out["status"] = resource.struct_to_dict(rsp.desired.composite.resource).get("status", {})
-    out["status"]["conditions"] = [
-        {"type": c.type, "status": STATUS[c.status], "reason": c.reason, "message": c.message}
-        for c in rsp.conditions
-    ]
-    docs = [out]
-    for name in sorted(rsp.desired.resources):
-        composed = resource.struct_to_dict(rsp.desired.resources[name].resource)
-        meta = composed.setdefault("metadata", {})
-        meta.setdefault("annotations", {})["crossplane.io/composition-resource-name"] = name
-        meta["generateName"] = f"{xr['metadata']['name']}-"
+def _documents(rendered: xpsim.Rendered) -> list[dict[str, Any]]:
+    docs = [rendered.xr]
+    for composed in rendered.composed:
         module = composed.get("spec", {}).get("forProvider", {}).get("module")
         if module:
             # Shown parsed so it reads as a document; the Workspace carries it as a JSON string.
@@ -88,7 +72,8 @@ def render_all(paths: list[Path], *, v2: bool) -> int:
             req = xpsim.request(xr, fn_input)
             rsp = xpsim.converge(call, req, xpsim.Cluster([inventory, *fleet]), v2=v2)
             print(f"# ---- {path} ----")
-            docs = _int_floats(_documents(xr, rsp))
+            version = (2, 0) if v2 else (1, 20)
+            docs = _int_floats(_documents(xpsim.rendered(xr, rsp, version=version)))
             # yamlio writes multi-line strings (the user-data) as literal blocks: readable.
             print("---\n".join(yamlio.dump(doc) for doc in docs), end="")
             print("---\n# Events on the claim:")

@@ -143,6 +143,132 @@ def converge(
     return rsp
 
 
+# What `crossplane render` prints, modelled on its source (cmd/crank/render/render.go, v1.16 to
+# v2.0) and checked against the real CLIs by tests/test_real_crossplane.py.
+CONDITION_TIME = "2024-01-01T00:00:00Z"
+RESOURCE_NAME_ANNOTATION = "crossplane.io/composition-resource-name"
+SYSTEM_CONDITIONS = {"Ready", "Synced", "Healthy", "Responsive"}
+SEVERITY_NAMES = {
+    fnv1.SEVERITY_NORMAL: "SEVERITY_NORMAL",
+    fnv1.SEVERITY_WARNING: "SEVERITY_WARNING",
+}
+CONDITION_STATUS = {
+    fnv1.STATUS_CONDITION_TRUE: "True",
+    fnv1.STATUS_CONDITION_FALSE: "False",
+    fnv1.STATUS_CONDITION_UNKNOWN: "Unknown",
+}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What `crossplane render -r` prints: the XR with its status, composed resources, results."""
+
+    xr: dict[str, Any]
+    composed: list[dict[str, Any]]
+    results: list[dict[str, Any]]
+
+    def workspace(self) -> dict[str, Any] | None:
+        """The one composed Workspace, if the function emitted one."""
+        found = [c for c in self.composed if c.get("kind") == "Workspace"]
+        return found[0] if found else None
+
+
+def rendered(
+    xr: dict[str, Any],
+    rsp: fnv1.RunFunctionResponse,
+    *,
+    version: tuple[int, int],
+    step: str = "fabric",
+) -> Rendered:
+    """The documents `crossplane render -r` of Crossplane `version` prints for this response.
+
+    Versions differ in the XR's conditions: before 1.17 the function's conditions are dropped
+    (the protocol had none); before 2.0 the XR's Ready condition ignores the function's
+    composite readiness and follows the composed resources' alone.
+    """
+    return Rendered(
+        xr=_rendered_xr(xr, rsp, version=version),
+        composed=[
+            _rendered_composed(xr, name, rsp.desired.resources[name])
+            for name in sorted(rsp.desired.resources)
+        ],
+        results=[
+            {
+                "apiVersion": "render.crossplane.io/v1beta1",
+                "kind": "Result",
+                "message": r.message,
+                "severity": SEVERITY_NAMES[r.severity],
+                "step": step,
+            }
+            for r in rsp.results
+        ],
+    )
+
+
+def _rendered_xr(
+    xr: dict[str, Any], rsp: fnv1.RunFunctionResponse, *, version: tuple[int, int]
+) -> dict[str, Any]:
+    desired = resource.struct_to_dict(rsp.desired.composite.resource)
+    meta = {"name": xr["metadata"]["name"]}
+    if xr["metadata"].get("namespace"):
+        meta["namespace"] = xr["metadata"]["namespace"]
+    # In the order Kubernetes users read: apiVersion, kind, metadata, then the rest.
+    out = {"apiVersion": xr["apiVersion"], "kind": xr["kind"], "metadata": meta}
+    out.update((k, v) for k, v in desired.items() if k not in out)
+    ready = rsp.desired.composite.ready if version >= (2, 0) else fnv1.READY_UNSPECIFIED
+    unready = sorted(n for n, r in rsp.desired.resources.items() if r.ready != fnv1.READY_TRUE)
+    conditions = [{"type": "Ready", "status": "True", "reason": "Available"}]
+    if ready == fnv1.READY_FALSE or (ready == fnv1.READY_UNSPECIFIED and unready):
+        conditions = [{"type": "Ready", "status": "False", "reason": "Creating"}]
+        if ready == fnv1.READY_UNSPECIFIED:
+            conditions[0]["message"] = f"Unready resources: {', '.join(unready)}"
+    conditions += [
+        {
+            "type": c.type,
+            "status": CONDITION_STATUS[c.status],
+            "reason": c.reason,
+            **({"message": c.message} if c.message else {}),
+        }
+        for c in rsp.conditions
+        if c.type not in SYSTEM_CONDITIONS and version >= (1, 17)
+    ]
+    status = out.setdefault("status", {})
+    status["conditions"] = [{**c, "lastTransitionTime": CONDITION_TIME} for c in conditions]
+    return out
+
+
+def _rendered_composed(xr: dict[str, Any], name: str, desired: fnv1.Resource) -> dict[str, Any]:
+    out = resource.struct_to_dict(desired.resource)
+    meta = out.setdefault("metadata", {})
+    labels = xr["metadata"].get("labels") or {}
+    prefix = labels.get("crossplane.io/composite") or xr["metadata"]["name"]
+    if not meta.get("name") and not meta.get("generateName"):
+        meta["generateName"] = f"{prefix}-"
+    if xr["metadata"].get("namespace"):
+        meta["namespace"] = xr["metadata"]["namespace"]
+    meta.setdefault("annotations", {})[RESOURCE_NAME_ANNOTATION] = name
+    added = {"crossplane.io/composite": prefix}
+    claim = (xr.get("spec") or {}).get("claimRef") or {}
+    if labels.get("crossplane.io/claim-name") and labels.get("crossplane.io/claim-namespace"):
+        added["crossplane.io/claim-name"] = labels["crossplane.io/claim-name"]
+        added["crossplane.io/claim-namespace"] = labels["crossplane.io/claim-namespace"]
+    elif claim:
+        added["crossplane.io/claim-name"] = claim["name"]
+        added["crossplane.io/claim-namespace"] = claim["namespace"]
+    meta.setdefault("labels", {}).update(added)
+    meta["ownerReferences"] = [
+        {
+            "apiVersion": xr["apiVersion"],
+            "blockOwnerDeletion": True,
+            "controller": True,
+            "kind": xr["kind"],
+            "name": xr["metadata"]["name"],
+            "uid": xr["metadata"].get("uid", ""),
+        }
+    ]
+    return out
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket() as sock:

@@ -1,0 +1,205 @@
+"""Run real Terraform on a rendered Workspace, in a directory laid out as provider-terraform does.
+
+provider-terraform (v1.1.x, internal/controller/workspace and internal/terraform) writes, per
+Workspace: the inline module as `main.tf.json` (inlineFormat JSON), the ProviderConfig's
+`configuration` as `crossplane-provider-config.tf`, each ProviderConfig credential as its
+`filename`, and runs Terraform with the Workspace's `env` in the process environment:
+`init -input=false`, `validate -json`, `workspace select|new <external-name>`, then
+`plan -input=false -detailed-exitcode -lock=false`.
+
+Here the same, with three differences, all outside what Fabric emits:
+- the kubernetes backend is replaced by a local one through an override file;
+- credentials and Secret-backed env values are well-formed dummies (the provider checks their
+  format at configure time but contacts Proxmox only at apply and refresh, bpg v0.111.1
+  proxmoxtf/provider/provider.go, proxmox/api/client.go);
+- providers come only from the tool cache (`init -plugin-dir`), never from a registry.
+
+A plan can also run against a prior state (the state Terraform would hold after an apply,
+optionally edited to show drift), with refresh off: that is how day-2 safety is shown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tools import realtools
+
+PROVIDER = "registry.terraform.io/bpg/proxmox"
+BACKEND_OVERRIDE = 'terraform {\n  backend "local" {}\n}\n'
+# Well-formed stand-ins: an https endpoint and a token of the form bpg checks
+# (^\S+@\S+!\S+=([a-zA-Z0-9-]+)$); nothing ever connects.
+DUMMY_CREDENTIALS = {
+    "proxmox.auto.tfvars.json": {
+        "proxmox_endpoint": "https://127.0.0.1:8006/",
+        "proxmox_api_token": "fabric@pve!ci=00000000-0000-0000-0000-000000000000",
+        "proxmox_ssh_username": "root",
+        "proxmox_ssh_private_key": "dummy",
+    },
+}
+TIMEOUT = 300
+
+
+class TerraformError(RuntimeError):
+    """A Terraform command failed; the message holds its command line and output."""
+
+
+@dataclass
+class Workdir:
+    """One Workspace's Terraform directory and the environment its commands run with."""
+
+    path: Path
+    workspace: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(self, *args: str, ok_codes: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+        """Run `terraform ARGS` here; raise TerraformError unless it exits with an ok code."""
+        binary = realtools.binary("terraform")
+        if binary is None:
+            raise TerraformError(realtools.missing("terraform"))
+        done = subprocess.run(  # noqa: S603 - the pinned Terraform from the tool cache
+            [str(binary), *args],
+            cwd=self.path,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        if done.returncode not in ok_codes:
+            msg = (
+                f"terraform {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+            )
+            raise TerraformError(msg)
+        return done
+
+    def init(self) -> None:
+        """`terraform init` from the tool cache only, then select the Workspace's workspace."""
+        self.run("init", "-input=false", "-no-color", f"-plugin-dir={realtools.plugin_dir()}")
+        self.run("workspace", "new", "-no-color", self.workspace)
+
+    def validate(self) -> dict[str, Any]:
+        """`terraform validate -json`, parsed (it exits 1 when invalid: the caller reads why)."""
+        done = self.run("validate", "-json", "-no-color", ok_codes=(0, 1))
+        return json.loads(done.stdout)
+
+    def plan(self, prior: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`terraform plan`, as `terraform show -json` reads it.
+
+        With `prior`, the workspace's state is set to it first and the plan runs without
+        refresh (a refresh would ask Proxmox): the plan is what the module does to that state.
+        """
+        args = ["plan", "-input=false", "-no-color", "-lock=false", "-out=fabric.tfplan"]
+        if prior is not None:
+            self.state_file().write_text(json.dumps(prior))
+            args.append("-refresh=false")
+        # -detailed-exitcode: 0 no changes, 2 changes; anything else is an error.
+        self.run(*args, "-detailed-exitcode", ok_codes=(0, 2))
+        shown = self.run("show", "-json", "-no-color", "fabric.tfplan")
+        return json.loads(shown.stdout)
+
+    def state_file(self) -> Path:
+        """Where the local backend keeps this workspace's state."""
+        path = self.path / "terraform.tfstate.d" / self.workspace / "terraform.tfstate"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def schema(self) -> dict[str, Any]:
+        """The provider schema, as `terraform providers schema -json` gives it."""
+        done = self.run("providers", "schema", "-json")
+        return json.loads(done.stdout)["provider_schemas"][PROVIDER]
+
+
+def lay_out(workspace: dict[str, Any], providerconfig: dict[str, Any], directory: Path) -> Workdir:
+    """Write a Workspace's Terraform directory as provider-terraform would, in `directory`."""
+    spec = workspace["spec"]["forProvider"]
+    unsupported = sorted({"vars", "varmap", "varFiles", "entrypoint"} & spec.keys())
+    if spec.get("source", "Inline") != "Inline" or unsupported:
+        # Fabric emits none of these today: teach the harness to lay them out before it does.
+        msg = f"the harness lays out only inline modules without {unsupported}"
+        raise ValueError(msg)
+    directory.mkdir(parents=True, exist_ok=True)
+    main = "main.tf.json" if spec.get("inlineFormat") == "JSON" else "main.tf"
+    (directory / main).write_text(spec["module"])
+    pc = providerconfig["spec"]
+    (directory / "crossplane-provider-config.tf").write_text(pc.get("configuration", ""))
+    for cred in pc.get("credentials", []):
+        if "filename" in cred:
+            (directory / cred["filename"]).write_text(
+                json.dumps(DUMMY_CREDENTIALS[cred["filename"]])
+            )
+    (directory / "zz_fabric_backend_override.tf").write_text(BACKEND_OVERRIDE)
+    env = _isolated_env(directory)
+    for var in spec.get("env", []):
+        env[var["name"]] = var.get("value", f"dummy-{var['name'].lower()}")
+    external = workspace["metadata"]["annotations"]["crossplane.io/external-name"]
+    return Workdir(directory, external, env)
+
+
+def actions(plan: dict[str, Any]) -> dict[str, list[str]]:
+    """Each resource address in a plan and its actions (e.g. ["create"], ["delete", "create"])."""
+    return {rc["address"]: rc["change"]["actions"] for rc in plan.get("resource_changes", [])}
+
+
+def state_after_apply(plan: dict[str, Any], fill: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The state Terraform would hold after applying `plan` (a creation plan).
+
+    Known planned values are kept as planned; computed attributes are filled from `fill`
+    (resource address -> attributes), as Proxmox and the provider would set them.
+    """
+    resources = []
+    for res in plan["planned_values"]["root_module"].get("resources", []):
+        attrs = {**res["values"], **fill.get(res["address"], {})}
+        resources.append(
+            {
+                "mode": res["mode"],
+                "type": res["type"],
+                "name": res["name"],
+                "provider": f'provider["{PROVIDER}"]',
+                "instances": [
+                    {
+                        "schema_version": res.get("schema_version", 0),
+                        "attributes": attrs,
+                        "sensitive_attributes": [],
+                    }
+                ],
+            }
+        )
+    return {
+        "version": 4,
+        "terraform_version": plan["terraform_version"],
+        "serial": 1,
+        "lineage": "fabric-plan-safety",
+        "outputs": {},
+        "resources": resources,
+    }
+
+
+def provider_schema(directory: Path) -> dict[str, Any]:
+    """The pinned provider's real schema, from `terraform providers schema -json`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    required = {"proxmox": {"source": "bpg/proxmox", "version": realtools.BPG_VERSION}}
+    (directory / "main.tf.json").write_text(
+        json.dumps({"terraform": {"required_providers": required}})
+    )
+    wd = Workdir(directory, "default", _isolated_env(directory))
+    plugins = f"-plugin-dir={realtools.plugin_dir()}"
+    wd.run("init", "-input=false", "-no-color", "-backend=false", plugins)
+    return wd.schema()
+
+
+def _isolated_env(directory: Path) -> dict[str, str]:
+    # Nothing from the caller's environment but PATH: no CLI config but an empty one of ours, no
+    # version check, no prompts, no TF_VAR_ or TF_LOG that would change what is judged.
+    (directory / "terraformrc").write_text("")
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(directory),
+        "TF_CLI_CONFIG_FILE": str(directory / "terraformrc"),
+        "CHECKPOINT_DISABLE": "1",
+        "TF_IN_AUTOMATION": "1",
+    }
