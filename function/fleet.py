@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -49,6 +50,9 @@ class Held:
     devices: tuple[str, ...] = ()  # resource mapping names
     address: str | None = None  # static CIDR address Fabric allocated or the claim set
     network: str | None = None
+    # The datastore holding the snippets the VM boots from: its cicustom points there for good,
+    # so a later edit of the node's snippetsDatastore must not move them.
+    snippets: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,37 @@ def held_from_workspace(workspace: dict[str, Any]) -> Held | None:
     devices = tuple(sorted(d for d in listed.split(",") if d))
     address = _cidr(notes.get(ANNOTATION_PREFIX + "address"))
     network = _text(notes.get(ANNOTATION_PREFIX + "network"))
-    return Held(node, vmid, devices, address, network)
+    # Workspaces written before the annotation existed: the module says where the snippets are.
+    snippets = _text(notes.get(ANNOTATION_PREFIX + "snippets")) or _text(
+        dig(module_of(workspace), *USER_DATA_DATASTORE)
+    )
+    return Held(node, vmid, devices, address, network, snippets)
+
+
+# Where, in a module, the user-data snippet's datastore is.
+USER_DATA_DATASTORE = ("resource", "proxmox_virtual_environment_file", "user_data", "datastore_id")
+
+
+def module_of(ws: dict[str, Any]) -> dict[str, Any]:
+    """The Terraform module a Workspace carries, parsed; {} when it has none or a broken one."""
+    text = obj(obj(ws.get("spec")).get("forProvider")).get("module")
+    if not isinstance(text, str):
+        return {}
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def dig(doc: Any, *path: str | int) -> Any:
+    """The value at a path of keys and list indexes, or None where the path breaks off."""
+    for step in path:
+        if isinstance(step, int):
+            doc = doc[step] if isinstance(doc, list) and len(doc) > step else None
+        else:
+            doc = doc.get(step) if isinstance(doc, dict) else None
+    return doc
 
 
 def parse_spec(xr: dict[str, Any]) -> MachineSpec | None:

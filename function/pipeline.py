@@ -259,6 +259,19 @@ def _placed(
     except FabricError as err:
         phase = "Held" if req.observed_ws is not None else "Invalid"
         raise Hold(phase=phase, reason="InvalidSpec", message=str(err)) from None
+    shrink = workspace.disk_shrink(req.observed_ws, decision.desired_ws)
+    if shrink is not None:
+        had, asked = shrink
+        msg = (
+            f"spec.disk: {asked}Gi is smaller than the machine's disk of {had}Gi, and a disk "
+            f"cannot shrink; accepted: {had}Gi or more"
+        )
+        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+    for what in workspace.restart_changes(req.observed_ws, decision.desired_ws):
+        report.warn(
+            f"the claim changed the machine's {what}; Proxmox applies it when the guest next "
+            "restarts, and Fabric never restarts a running machine: restart it when it suits you"
+        )
     for what in workspace.create_only_changes(req.observed_ws, decision.desired_ws):
         report.warn(
             f"the claim changed the machine's {what}; the running VM keeps what it was created "

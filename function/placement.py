@@ -32,15 +32,25 @@ class Placement:
     network: str | None
     fresh: bool  # placed by this call, not read back
     considered: tuple[str, ...] = ()  # nodes that fitted, best first (fresh placements only)
+    snippets: str | None = None  # read back: where the VM's snippets are (None: not yet made)
 
-    def held(self) -> Held:
-        """The placement as it is recorded for good."""
-        return Held(self.node, self.vmid, self.devices, self.address, self.network)
+    def held(self, snippets: str | None = None) -> Held:
+        """The placement as it is recorded for good, with where its snippets went."""
+        where = snippets or self.snippets
+        return Held(self.node, self.vmid, self.devices, self.address, self.network, where)
 
     @classmethod
     def of_held(cls, held: Held) -> Placement:
         """A placement read back from its record (not made by this call)."""
-        return cls(held.node, held.vmid, held.devices, held.address, held.network, fresh=False)
+        return cls(
+            held.node,
+            held.vmid,
+            held.devices,
+            held.address,
+            held.network,
+            fresh=False,
+            snippets=held.snippets,
+        )
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,8 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
         )
         raise FabricError(msg)
     _check_secret_namespaces(spec, machine)
+    # A machine's snippets stay where they were written: its cicustom points there.
+    snippets = placement.snippets or node.snippets_datastore
     facts = guest_facts(subject, placement, devices)
     user_data = cloudinit.compose(facts)
     name = workspace.external_name(machine.xr_uid, machine.xr_name, machine.namespace)
@@ -152,7 +154,7 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
         memory_mib=demand.memory_mib,
         disk_gib=demand.disk_gib,
         pool=demand.pool or node.pool,
-        snippets_datastore=node.snippets_datastore,
+        snippets_datastore=snippets,
         tags=("fabric", *spec.roles),
         devices=devices,
         network=demand.network,
@@ -169,7 +171,7 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
             namespaced=machine.namespace is not None,
             provider_config=fn_input.provider_config_name,
             deletion_policy=spec.deletion_policy or fn_input.deletion_policy,
-            held=placement.held(),
+            held=placement.held(snippets),
             module_json=module_json,
             secrets=tuple(spec.bootstrap.secrets),
         )

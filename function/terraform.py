@@ -41,11 +41,29 @@ NETWORK_DEVICE_FIELDS = (
     "trunks",
     "vlan_id",
 )
-# Below provider-terraform's 20-minute limit for a whole run, so bpg gives up first and says why.
-TIMEOUT_SECONDS = 900
-# Edits to these would force a new VM; Fabric never lets a claim edit do that.
+# provider-terraform kills a whole Terraform run after 20 minutes (and holds the state lease while
+# it runs); every bpg wait is capped below that, so bpg gives up first and says why. bpg's own
+# defaults are 1800 s for most of these.
+TIMEOUTS = {
+    "timeout_clone": 900,
+    "timeout_create": 900,
+    "timeout_start_vm": 600,
+    "timeout_reboot": 300,
+    "timeout_shutdown_vm": 300,
+    "timeout_stop_vm": 300,
+    "timeout_migrate": 600,
+}
+# How long a refresh waits for the guest agent (bpg's default is 15 minutes per refresh, and
+# provider-terraform reconciles one Workspace at a time: one guest whose agent never starts would
+# stall every other machine).
+AGENT_TIMEOUT = "2m"
+# Edits to these would force a new VM; Fabric never lets a claim edit do that. node_name: a VM
+# Proxmox moved (HA after a node failure, a migration by hand) is left where it is, never
+# re-cloned; the claim says where it runs (outputs.node). migrate = true below covers a change of
+# node_name in the module itself, which sticky placement never makes.
 VM_IGNORE_CHANGES = [
     "clone",
+    "node_name",
     "initialization[0].user_data_file_id",
     "initialization[0].meta_data_file_id",
 ]
@@ -196,10 +214,15 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         "on_boot": True,
         "started": True,
         "stop_on_destroy": True,
+        "migrate": True,
+        # CPU and memory edits are written to the VM's configuration and take effect when the
+        # guest next restarts; bpg would otherwise reboot it at once (its default). The claim
+        # says a restart is pending (see status.py).
+        "reboot_after_update": False,
         "scsi_hardware": "virtio-scsi-single",
         # Parallel clones of one template contend for its lock; retry instead of failing.
         "clone": [{"vm_id": shape.template_vmid, "full": True, "retries": 3}],
-        "agent": [{"enabled": True}],
+        "agent": [{"enabled": True, "timeout": AGENT_TIMEOUT}],
         "cpu": [{"cores": shape.cpu, "type": "host"}],
         "memory": [{"dedicated": shape.memory_mib}],
         "disk": [
@@ -214,9 +237,7 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         ],
         "operating_system": [{"type": "l26"}],
         "initialization": [_initialization(shape)],
-        "timeout_clone": TIMEOUT_SECONDS,
-        "timeout_create": TIMEOUT_SECONDS,
-        "timeout_start_vm": TIMEOUT_SECONDS,
+        **TIMEOUTS,
         "lifecycle": {"ignore_changes": VM_IGNORE_CHANGES},
     }
     if shape.network is not None:
@@ -233,10 +254,13 @@ def _outputs(shape: VmShape) -> dict[str, Any]:
     if shape.address is not None:
         ipv4: str = shape.address.split("/", 1)[0]
     else:
-        # ipv4_addresses is one list per interface, loopback included, empty until the agent runs.
+        # ipv4_addresses is one list per interface, loopback included, empty until the agent runs
+        # and for an interface without IPv4 (Docker's and k3s's veths). flatten, not a test of
+        # length(ips) > 0 && ips[0]: HCL's && does not short-circuit, and try() would turn the
+        # error on an empty list into "" for the whole output.
         ipv4 = Expr.of(
-            f"try([for ips in {VM}.machine.ipv4_addresses : ips[0] "
-            f'if length(ips) > 0 && ips[0] != "127.0.0.1"][0], "")'
+            f"try([for ip in flatten({VM}.machine.ipv4_addresses) : ip "
+            f'if ip != "127.0.0.1"][0], "")'
         )
     return {
         "vm_id": {"value": Expr.of(f"{VM}.machine.vm_id")},

@@ -9,11 +9,10 @@ namespaced (Crossplane v2) XR composes the namespaced `tf.m.upbound.io` one.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from function.fleet import ANNOTATION_PREFIX, Held, obj
+from function.fleet import ANNOTATION_PREFIX, Held, dig, module_of, obj
 from function.model import BootstrapSecret
 
 EXTERNAL_NAME = "crossplane.io/external-name"
@@ -62,6 +61,8 @@ def placement_annotations(held: Held) -> dict[str, str]:
         notes[ANNOTATION_PREFIX + "address"] = held.address
     if held.network:
         notes[ANNOTATION_PREFIX + "network"] = held.network
+    if held.snippets:
+        notes[ANNOTATION_PREFIX + "snippets"] = held.snippets
     return notes
 
 
@@ -142,26 +143,6 @@ def condition(observed: dict[str, Any] | None, kind: str) -> dict[str, Any] | No
     return None
 
 
-def _module(ws: dict[str, Any]) -> dict[str, Any]:
-    text = obj(obj(ws.get("spec")).get("forProvider")).get("module")
-    if not isinstance(text, str):
-        return {}
-    try:
-        found = json.loads(text)
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _dig(doc: Any, *path: str | int) -> Any:
-    for step in path:
-        if isinstance(step, int):
-            doc = doc[step] if isinstance(doc, list) and len(doc) > step else None
-        else:
-            doc = doc.get(step) if isinstance(doc, dict) else None
-    return doc
-
-
 # What the running VM was created with, and never changes in place (see terraform.py).
 _CREATE_ONLY = {
     "user-data (bootstrap, roles, devices' guest setup)": (
@@ -187,7 +168,40 @@ def create_only_changes(observed: dict[str, Any] | None, desired: dict[str, Any]
     """Name what the claim changed that only a re-created machine would get."""
     if observed is None:
         return []
-    was, now = _module(observed), _module(desired)
+    was, now = module_of(observed), module_of(desired)
     if not was:
         return []
-    return [what for what, path in _CREATE_ONLY.items() if _dig(was, *path) != _dig(now, *path)]
+    return [what for what, path in _CREATE_ONLY.items() if dig(was, *path) != dig(now, *path)]
+
+
+_VM_PATH = ("resource", "proxmox_virtual_environment_vm", "machine")
+# What a running guest takes only when it next restarts (terraform.py sets
+# reboot_after_update = false): what the claim calls it, the module path, the unit.
+_AT_RESTART = {
+    "CPU": (*_VM_PATH, "cpu", 0, "cores", "cores"),
+    "memory": (*_VM_PATH, "memory", 0, "dedicated", "MiB"),
+}
+_DISK_SIZE = (*_VM_PATH, "disk", 0, "size")
+
+
+def restart_changes(observed: dict[str, Any] | None, desired: dict[str, Any]) -> list[str]:
+    """What the claim changed that Proxmox applies to the running guest at its next restart."""
+    if observed is None:
+        return []
+    was, now = module_of(observed), module_of(desired)
+    out = []
+    for what, (*path, unit) in _AT_RESTART.items():
+        before, after = dig(was, *path), dig(now, *path)
+        if before is not None and before != after:
+            out.append(f"{what} from {before} to {after} {unit}")
+    return out
+
+
+def disk_shrink(observed: dict[str, Any] | None, desired: dict[str, Any]) -> tuple[int, int] | None:
+    """(had, asked) when the desired module would make the machine's disk smaller (GiB)."""
+    if observed is None:
+        return None
+    had, asked = dig(module_of(observed), *_DISK_SIZE), dig(module_of(desired), *_DISK_SIZE)
+    if isinstance(had, int) and isinstance(asked, int) and asked < had:
+        return had, asked
+    return None

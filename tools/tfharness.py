@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,26 @@ class Workdir:
         shown = self.run("show", "-json", "-no-color", "fabric.tfplan")
         return json.loads(shown.stdout)
 
+    def state_after_apply(self) -> dict[str, Any]:
+        """The state Terraform would hold after applying this module to an empty workspace.
+
+        The creation plan's values, computed ones filled as Proxmox fills them
+        (state_from_plan); then what bpg's SDKv2 resource stores for what the module left
+        unset inside a block: "", false or 0, never null. A plan against the first state shows
+        those as updates from null; they, and only they, are taken into the state.
+        """
+        state = state_from_plan(self.plan())
+        settled = self.plan(prior=state)
+        by_address = {
+            f"{r['type']}.{r['name']}": r["instances"][0]["attributes"] for r in state["resources"]
+        }
+        for rc in settled["resource_changes"]:
+            attrs, change = by_address[rc["address"]], rc["change"]
+            for key, after in (change["after"] or {}).items():
+                if _same_but_unset(attrs.get(key), after):
+                    attrs[key] = after
+        return state
+
     def state_file(self) -> Path:
         """Where the local backend keeps this workspace's state."""
         path = self.path / "terraform.tfstate.d" / self.workspace / "terraform.tfstate"
@@ -145,15 +166,84 @@ def actions(plan: dict[str, Any]) -> dict[str, list[str]]:
     return {rc["address"]: rc["change"]["actions"] for rc in plan.get("resource_changes", [])}
 
 
-def state_after_apply(plan: dict[str, Any], fill: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The state Terraform would hold after applying `plan` (a creation plan).
+# What Proxmox and bpg set for the attributes a creation plan leaves unknown, by attribute path
+# (block indexes dropped), as functions of the resource's planned values and of the plan's file
+# ids. An unknown attribute without a rule here is an error: a provider bump that adds one must
+# say what Proxmox gives it, or the prior state would not be what Terraform holds after apply.
+MAC = "BC:24:11:5E:00:01"
+GUEST_IPV4 = "192.168.4.77"
+FILLS: dict[str, dict[str, Callable[[dict[str, Any], dict[str, str]], Any]]] = {
+    "proxmox_virtual_environment_file": {
+        "id": lambda v, _: f"{v['datastore_id']}:snippets/{v['source_raw'][0]['file_name']}",
+        "file_name": lambda v, _: v["source_raw"][0]["file_name"],
+        "file_modification_date": lambda _v, _f: "2026-12-01T00:00:00Z",
+        "file_size": lambda v, _: len(v["source_raw"][0]["data"].encode()),
+        "file_tag": lambda _v, _f: "",
+    },
+    "proxmox_virtual_environment_vm": {
+        "id": lambda v, _: str(v["vm_id"]),
+        "boot_order": lambda v, _: [v["disk"][0]["interface"], "net0"],
+        "cpu.units": lambda _v, _f: 1024,
+        "disk.file_format": lambda _v, _f: "raw",
+        "disk.path_in_datastore": lambda v, _: f"vm-{v['vm_id']}-disk-0",
+        "hotplug": lambda _v, _f: "network,disk,usb",
+        "initialization.file_format": lambda _v, _f: "raw",
+        "initialization.type": lambda _v, _f: "nocloud",
+        "initialization.upgrade": lambda _v, _f: False,
+        "initialization.user_data_file_id": lambda _, files: files["user_data"],
+        "initialization.meta_data_file_id": lambda _, files: files["meta_data"],
+        "initialization.network_data_file_id": lambda _v, _f: "",
+        "initialization.vendor_data_file_id": lambda _v, _f: "",
+        "ipv4_addresses": lambda _v, _f: [["127.0.0.1"], [GUEST_IPV4]],
+        "ipv6_addresses": lambda _v, _f: [["::1"], []],
+        "mac_addresses": lambda _v, _f: ["00:00:00:00:00:00", MAC],
+        "network_interface_names": lambda _v, _f: ["lo", "eth0"],
+        "network_device.mac_address": lambda _v, _f: MAC,
+        "vga": lambda _v, _f: [{"clipboard": "", "memory": 16, "type": "std"}],
+    },
+}
 
-    Known planned values are kept as planned; computed attributes are filled from `fill`
-    (resource address -> attributes), as Proxmox and the provider would set them.
+
+def _fill(
+    value: Any,
+    unknown: Any,
+    rule: Callable[[str], Any],
+    path: str,
+) -> Any:
+    if unknown is True:
+        return rule(path)
+    if isinstance(unknown, dict):
+        value = dict(value or {})
+        for key, inner in unknown.items():
+            value[key] = _fill(value.get(key), inner, rule, f"{path}.{key}" if path else key)
+    elif isinstance(unknown, list) and unknown:
+        value = [_fill(v, u, rule, path) for v, u in zip(value, unknown, strict=True)]
+    return value
+
+
+def state_from_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """The state a creation `plan` describes, before the provider's own normalisation.
+
+    Known planned values stay as planned; unknown (computed) ones are filled by FILLS, as
+    Proxmox and the provider would set them.
     """
+    changes = {rc["address"]: rc["change"] for rc in plan["resource_changes"]}
+    planned = plan["planned_values"]["root_module"].get("resources", [])
+    files: dict[str, str] = {}
     resources = []
-    for res in plan["planned_values"]["root_module"].get("resources", []):
-        attrs = {**res["values"], **fill.get(res["address"], {})}
+    # Files first: the VM's *_file_id attributes are the files' ids.
+    for res in sorted(planned, key=lambda r: r["type"] != "proxmox_virtual_environment_file"):
+        values = res["values"]
+
+        def rule(path: str, kind: str = res["type"], values: Any = values) -> Any:
+            if path not in FILLS[kind]:
+                msg = f"no Proxmox value for the computed attribute {kind}.{path}"
+                raise KeyError(msg)
+            return FILLS[kind][path](values, files)
+
+        attrs = _fill(values, changes[res["address"]]["after_unknown"], rule, "")
+        if res["type"] == "proxmox_virtual_environment_file":
+            files[res["name"]] = attrs["id"]
         resources.append(
             {
                 "mode": res["mode"],
@@ -177,6 +267,36 @@ def state_after_apply(plan: dict[str, Any], fill: dict[str, dict[str, Any]]) -> 
         "outputs": {},
         "resources": resources,
     }
+
+
+def changed_attributes(change: dict[str, Any]) -> set[str]:
+    """The top-level attributes a planned update really changes.
+
+    bpg's SDKv2 resource plans every unset string, bool or number inside a block as "", false
+    or 0 where the state (as built here) may hold null: that is no change on Proxmox.
+    """
+    before, after = change["before"] or {}, change["after"] or {}
+    unknown = change.get("after_unknown") or {}
+    return {
+        k
+        for k in after.keys() | before.keys()
+        if unknown.get(k) is not True and not _same_but_unset(before.get(k), after.get(k))
+    }
+
+
+def _same_but_unset(stored: Any, planned: Any) -> bool:
+    """Whether two values differ only where `stored` has null and `planned` a zero value."""
+    if stored is None:
+        return planned in ("", False, 0, [], None) and not isinstance(planned, dict)
+    if isinstance(stored, dict) and isinstance(planned, dict):
+        return stored.keys() == planned.keys() and all(
+            _same_but_unset(stored[k], planned[k]) for k in stored
+        )
+    if isinstance(stored, list) and isinstance(planned, list):
+        return len(stored) == len(planned) and all(
+            _same_but_unset(a, b) for a, b in zip(stored, planned, strict=True)
+        )
+    return bool(stored == planned)
 
 
 def provider_schema(directory: Path) -> dict[str, Any]:
