@@ -137,10 +137,12 @@ def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
         size = inv.classes[spec.size_class]
     image_name, image = _image(spec, inv, size.image if size else None)
     disk = spec.disk or (size.disk if size else defaults.disk)
-    if image.min_disk and disk < image.min_disk:
+    smallest = image.smallest_disk()
+    if smallest and disk < smallest:
+        # Refused before any clone: bpg would fail after cloning and taint the VM.
         msg = (
             f"spec.disk: {disk}Gi is smaller than image {image_name}'s disk; "
-            f"accepted: {image.min_disk}Gi or more"
+            f"accepted: {smallest}Gi or more"
         )
         raise FabricError(msg)
     network_name, network, address = _network(spec, inv)

@@ -342,12 +342,35 @@ class DeviceClass(Strict):
     description: str | None = Field(default=None, max_length=200)
 
 
+# A disk slot as Proxmox names it (qemu-server's valid_drive_names).
+DISK_INTERFACE = r"^(scsi([0-9]|[12][0-9]|30)|virtio([0-9]|1[0-5])|sata[0-5]|ide[0-3])$"
+
+
+class BootDisk(Strict):
+    """The disk a template boots from: where it sits and how large it is.
+
+    A clone keeps it; Fabric resizes that disk to the claim's size and boots from it. A disk
+    slot the template lacks would give the clone a new, empty disk (bpg adds one), which the
+    VM would then try to boot from: templates built by nixpkgs' proxmox-image and by bpg's
+    clone guide boot from virtio0.
+    """
+
+    interface: Annotated[str, StringConstraints(pattern=DISK_INTERFACE)] = "scsi0"
+    size: GiB | None = None  # the template's disk: a clone can grow, never shrink
+
+
 class Image(Strict):
-    """An image catalog entry: the template VMID on each node and the os family."""
+    """An image catalog entry: the template VMID on each node, the os family, its boot disk."""
 
     os: Literal["debian", "ubuntu", "nixos"]
     templates: dict[DnsLabel, VmId] = Field(min_length=1)
     min_disk: GiB | None = Field(default=None, alias="minDisk")
+    boot_disk: BootDisk = Field(default_factory=BootDisk, alias="bootDisk")
+
+    def smallest_disk(self) -> int | None:
+        """The smallest disk a machine of this image may ask for (GiB), if any."""
+        floors = [d for d in (self.min_disk, self.boot_disk.size) if d]
+        return max(floors) if floors else None
 
 
 class Pool(Strict):

@@ -153,6 +153,7 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
         cpu=demand.cpu,
         memory_mib=demand.memory_mib,
         disk_gib=demand.disk_gib,
+        boot_disk=demand.image.boot_disk.interface,
         pool=demand.pool or node.pool,
         snippets_datastore=snippets,
         tags=("fabric", *spec.roles),

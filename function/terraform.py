@@ -64,6 +64,10 @@ AGENT_TIMEOUT = "2m"
 VM_IGNORE_CHANGES = [
     "clone",
     "node_name",
+    # Which disk the VM boots from is a fact of its template at creation: an inventory edit
+    # of the image's bootDisk must not add a disk to, or re-order the boot of, a running VM.
+    "disk[0].interface",
+    "boot_order",
     "initialization[0].user_data_file_id",
     "initialization[0].meta_data_file_id",
 ]
@@ -132,6 +136,7 @@ class VmShape:
     cpu: int
     memory_mib: int
     disk_gib: int
+    boot_disk: str  # the template's boot disk slot, e.g. virtio0
     pool: str
     snippets_datastore: str
     tags: tuple[str, ...]
@@ -227,7 +232,7 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         "memory": [{"dedicated": shape.memory_mib}],
         "disk": [
             {
-                "interface": "scsi0",
+                "interface": shape.boot_disk,
                 "datastore_id": shape.pool,
                 "size": shape.disk_gib,
                 "iothread": True,
@@ -235,6 +240,8 @@ def _vm(shape: VmShape) -> dict[str, Any]:
                 "ssd": True,
             }
         ],
+        # Boot from the template's disk, whatever else the clone has (an empty disk, a CD).
+        "boot_order": [shape.boot_disk],
         "operating_system": [{"type": "l26"}],
         "initialization": [_initialization(shape)],
         **TIMEOUTS,

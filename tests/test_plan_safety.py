@@ -183,6 +183,12 @@ EVENTS = [
         inventory=_set("images/ubuntu-24.04/templates/still-fawn", 9111),
     ),
     Event("node labels", "gpu-worker", NOOP, inventory=_nodes(_set("labels", {"rack": "b"}))),
+    Event(
+        "an image's boot disk corrected",
+        "gpu-worker",
+        NOOP,
+        inventory=_set("images/ubuntu-24.04/bootDisk", {"interface": "scsi0", "size": "4Gi"}),
+    ),
     # --- drift in Proxmox --------------------------------------------------------------------
     Event(
         "migrated to another node (HA or by hand)",
@@ -306,3 +312,25 @@ def test_dhcp_address_skips_interfaces_without_ipv4(call, tmp_path):
         vm_attributes(prior)["ipv4_addresses"] = seen
         plan = plan_for(ws, tmp_path / f"dhcp-{len(seen)}-{seen[1] == []}", prior)
         assert plan["planned_values"]["outputs"]["ipv4"]["value"] == "192.168.4.77", seen
+
+
+def test_a_claim_below_the_template_disk_is_refused_before_any_clone(call):
+    # bpg would fail after cloning ("lower than current size") and taint the VM: a
+    # destroy and re-clone loop. The template's disk size is known, so refuse first.
+    xr = xpsim.load_yaml(ROOT / "examples" / "xrs" / "gpu-worker.yaml")
+    xr["spec"]["disk"] = "32Gi"
+    inv = inventory_data(inventory_cm())
+    inv["images"]["ubuntu-24.04"]["bootDisk"]["size"] = "40Gi"
+    rsp = reconcile(call, xr, [with_inventory(inv), *fleet()])
+    assert desired_ws(rsp) is None
+    assert any("spec.disk: 32Gi" in w and "accepted: 40Gi or more" in w for w in warnings(rsp))
+
+
+@pytest.mark.parametrize(("example", "disk"), [("nixos", "virtio0"), ("basic", "scsi0")])
+def test_the_vm_boots_from_its_templates_disk(example, disk, call, tmp_path):
+    # The module resizes the template's own boot disk and boots from it; the real plan of a
+    # new machine has exactly one disk, in that slot.
+    start = base(call, example, tmp_path)
+    vm = vm_attributes(start.state)
+    assert [d["interface"] for d in vm["disk"]] == [disk]
+    assert vm["boot_order"] == [disk]
