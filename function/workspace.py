@@ -177,9 +177,9 @@ def create_only_changes(observed: dict[str, Any] | None, desired: dict[str, Any]
 _VM_PATH = ("resource", "proxmox_virtual_environment_vm", "machine")
 # What a running guest takes only when it next restarts (terraform.py sets
 # reboot_after_update = false): what the claim calls it, the module path, the unit.
-_AT_RESTART = {
-    "CPU": (*_VM_PATH, "cpu", 0, "cores", "cores"),
-    "memory": (*_VM_PATH, "memory", 0, "dedicated", "MiB"),
+_AT_RESTART: dict[str, tuple[tuple[str | int, ...], str]] = {
+    "CPU": ((*_VM_PATH, "cpu", 0, "cores"), "cores"),
+    "memory": ((*_VM_PATH, "memory", 0, "dedicated"), "MiB"),
 }
 _DISK_SIZE = (*_VM_PATH, "disk", 0, "size")
 
@@ -190,7 +190,7 @@ def restart_changes(observed: dict[str, Any] | None, desired: dict[str, Any]) ->
         return []
     was, now = module_of(observed), module_of(desired)
     out = []
-    for what, (*path, unit) in _AT_RESTART.items():
+    for what, (path, unit) in _AT_RESTART.items():
         before, after = dig(was, *path), dig(now, *path)
         if before is not None and before != after:
             out.append(f"{what} from {before} to {after} {unit}")
