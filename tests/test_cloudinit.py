@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def test_debian_family_combinations_validate(family, device_set, role_set):
     assert all(isinstance(entry, list) for entry in cfg["runcmd"]), "runcmd is list-form only"
     scripts = [f["path"] for f in cfg["write_files"] if f["path"].startswith("/var/lib/fabric/")]
     for name in (*device_set, *role_set):
-        if name not in ("k3s-server", "k3s-node", "gpu-amd"):
+        if name not in ("k3s-server", "k3s-node") and (name, family) != ("gpu-amd", "debian"):
             assert f"/var/lib/fabric/setup/{name}.sh" in scripts
 
 
@@ -723,3 +724,244 @@ def test_template_shell_passes_shellcheck(tmp_path, family):
         path.write_text(script)
         run = subprocess.run([shellcheck, str(path)], capture_output=True, text=True, check=False)
         assert run.returncode == 0, script + run.stdout
+
+
+def _shell_texts(cfg: dict[str, Any]) -> list[str]:
+    """Every piece of shell the user-data runs: setup scripts and shell-form runcmd entries."""
+    texts = [f["content"] for f in cfg["write_files"] if f["content"].startswith("#!/bin/sh")]
+    for entry in cfg["runcmd"]:
+        if isinstance(entry, str):
+            texts.append(entry)
+        elif entry[:2] == ["sh", "-c"]:
+            texts.append(entry[2])
+    return texts
+
+
+def _command_lines(cfg: dict[str, Any], word: str) -> list[str]:
+    pattern = re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])")
+    return [
+        line.strip()
+        for text in _shell_texts(cfg)
+        for line in text.splitlines()
+        if pattern.search(line) and not line.strip().startswith("#")
+    ]
+
+
+def _everything(family: str) -> dict[str, Any]:
+    facts = make_facts(
+        os_family=family, devices=tuple(DEVICES.values()), roles=("k3s-node", "docker-host")
+    )
+    return validate(compose(facts))
+
+
+@pytest.mark.parametrize("family", ["debian", "ubuntu"])
+def test_every_apt_get_waits_for_the_dpkg_lock(family):
+    # apt-daily and unattended-upgrades may hold the lock at first boot; apt-get without a
+    # lock timeout fails at once and set -e ends the setup script.
+    calls = _command_lines(_everything(family), "apt-get")
+    assert calls, "the built-in templates install packages with apt-get"
+    for line in calls:
+        assert "apt-get -o DPkg::Lock::Timeout=600 " in line, line
+
+
+@pytest.mark.parametrize("family", ["debian", "ubuntu"])
+def test_setup_needs_no_package_of_the_running_kernel(family):
+    # linux-headers-$(uname -r) and linux-modules-extra-$(uname -r) leave the archive once
+    # the distribution moves to a newer kernel ABI, and templates are kept for months.
+    for text in _shell_texts(_everything(family)):
+        assert not re.search(r"linux-[a-z-]+-\$\(uname -r\)", text), text
+
+
+def test_ubuntu_drivers_installs_the_headless_server_driver():
+    # Without --gpgpu, ubuntu-drivers picks the desktop driver and its X stack.
+    lines = _command_lines(_everything("ubuntu"), "ubuntu-drivers")
+    installs = [line for line in lines if "ubuntu-drivers install" in line]
+    assert installs, lines
+    for line in installs:
+        assert "ubuntu-drivers install --gpgpu" in line, line
+
+
+@pytest.mark.parametrize("family", ["debian", "ubuntu"])
+def test_gpu_templates_reboot_into_the_new_kernel(family):
+    cfg = _everything(family)
+    assert cfg["power_state"]["mode"] == "reboot"
+    assert cfg["power_state"]["condition"] is True
+
+
+# --- the setup scripts, run for real against stand-ins for apt-get, dpkg and uname -------------
+
+_DPKG_HEADER = (
+    "Desired=Unknown/Install/Remove/Purge/Hold\n"
+    "| Status=Not/Inst/Conf-files/Unpacked/halF-conf/Half-inst/trig-aWait/Trig-pend\n"
+    "|/ Err?=(none)/Reinst-required (Status,Err: uppercase=bad)\n"
+    "||/ Name Version Architecture Description\n"
+    "+++-====-=======-============-===========\n"
+)
+# Stand-ins: every call is logged as one line of arguments; $FAKE holds their state.
+_STUBS = {
+    "apt-get": """#!/bin/sh
+printf '%s\\n' "$*" >> "$FAKE/apt-get.log"
+if [ -s "$FAKE/apt-get.failures" ]; then
+  n=$(cat "$FAKE/apt-get.failures")
+  if [ "$n" -gt 0 ]; then echo $((n - 1)) > "$FAKE/apt-get.failures"; exit 100; fi
+fi
+""",
+    "dpkg": f"""#!/bin/sh
+case "$1" in
+  --print-architecture) echo amd64 ;;
+  -l)
+    printf '{_DPKG_HEADER}'
+    found=1
+    while read -r status name rest; do
+      case "$name" in $2) echo "$status  $name $rest"; found=0 ;; esac
+    done < "$FAKE/installed"
+    exit $found ;;
+  *) exit 2 ;;
+esac
+""",
+    "uname": '#!/bin/sh\n[ "$1" = -r ] && cat "$FAKE/uname"\n',
+    "ubuntu-drivers": """#!/bin/sh
+printf '%s APT_CONFIG=%s\\n' "$*" "$(cat "$APT_CONFIG")" >> "$FAKE/ubuntu-drivers.log"
+cat "$FAKE/driver" >> "$FAKE/installed"
+""",
+    "curl": "#!/bin/sh\necho key\n",
+    "gpg": "#!/bin/sh\ncat > /dev/null\n",
+    "sleep": '#!/bin/sh\necho "$1" >> "$FAKE/sleeps"\n',
+    "udevadm": "#!/bin/sh\n",
+}
+
+
+def _run_setup(
+    tmp_path: Path,
+    family: str,
+    device: str,
+    *,
+    uname: str = "6.1.0-18-amd64",
+    installed: str = "",
+    driver: str = "",
+    apt_failures: int = 0,
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run one device's rendered setup script with stand-ins; return it and apt-get's calls."""
+    cfg = validate(compose(make_facts(os_family=family, devices=(DEVICES[device],))))
+    (script,) = [f["content"] for f in cfg["write_files"] if f["path"].endswith(f"/{device}.sh")]
+    fake, stubs = tmp_path / "fake", tmp_path / "bin"
+    for directory in (fake, stubs, fake / "keyrings", fake / "sources", fake / "run"):
+        directory.mkdir(parents=True)
+    for prefix, target in (
+        ("/usr/share/keyrings/", fake / "keyrings"),
+        ("/etc/apt/sources.list.d/", fake / "sources"),
+        ("/run/", fake / "run"),
+    ):
+        script = script.replace(prefix, f"{target}/")
+    # Nothing may reach the real system: no absolute path outside the sandbox is left.
+    assert not re.search(r"(?<![\w./-])/(etc|usr|run|var|lib|boot)/", script), script
+    for name, text in _STUBS.items():
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    awk = shutil.which("awk")
+    assert awk is not None
+    (stubs / "awk").symlink_to(awk)
+    (stubs / "cat").symlink_to(shutil.which("cat") or "/bin/cat")
+    (fake / "uname").write_text(uname + "\n")
+    (fake / "installed").write_text(installed)
+    (fake / "driver").write_text(driver)
+    (fake / "apt-get.failures").write_text(f"{apt_failures}\n")
+    (tmp_path / "setup.sh").write_text(script)
+    run = subprocess.run(
+        ["/bin/sh", str(tmp_path / "setup.sh")],
+        env={"PATH": str(stubs), "FAKE": str(fake), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    log = fake / "apt-get.log"
+    calls = log.read_text().splitlines() if log.exists() else []
+    for call in calls:
+        assert call.startswith("-o DPkg::Lock::Timeout=600 "), call
+    return run, [call.removeprefix("-o DPkg::Lock::Timeout=600 ") for call in calls]
+
+
+@pytest.mark.parametrize(
+    ("uname", "flavour"),
+    [
+        ("6.1.0-18-amd64", "amd64"),
+        ("6.1.0-18-cloud-amd64", "cloud-amd64"),
+        ("6.12.38+deb13-amd64", "amd64"),
+        ("6.12.38+deb13-cloud-amd64", "cloud-amd64"),
+    ],
+)
+def test_debian_nvidia_installs_the_newest_kernel_and_headers(tmp_path, uname, flavour):
+    run, calls = _run_setup(tmp_path, "debian", "gpu-nvidia", uname=uname)
+    assert run.returncode == 0, run.stderr
+    assert calls == [
+        "update",
+        f"install -y linux-image-{flavour} linux-headers-{flavour}",
+        "install -y nvidia-driver firmware-misc-nonfree nvidia-container-toolkit",
+    ]
+
+
+UBUNTU_KERNEL = (
+    "ii linux-image-6.8.0-31-generic 6.8.0-31.31 amd64 kernel\n"
+    "ii linux-image-virtual 6.8.0-31.31 amd64 meta\n"
+    "ii linux-image-unsigned-6.8.0-31-generic 6.8.0-31.31 amd64 kernel\n"
+    "rc linux-image-generic 6.8.0-20.20 amd64 meta\n"
+)
+
+
+def test_ubuntu_nvidia_installs_the_server_driver_and_its_tools(tmp_path):
+    driver = "ii nvidia-headless-no-dkms-580-server 580.95.05-0ubuntu1 amd64 NVIDIA headless\n"
+    run, calls = _run_setup(
+        tmp_path, "ubuntu", "gpu-nvidia", installed=UBUNTU_KERNEL, driver=driver
+    )
+    assert run.returncode == 0, run.stderr
+    assert calls == [
+        "update",
+        "install -y ubuntu-drivers-common nvidia-container-toolkit",
+        # The newest kernel of the image's meta package, for which ubuntu-drivers picks modules.
+        "install -y linux-image-virtual",
+        "install -y nvidia-utils-580-server",
+    ]
+    # ubuntu-drivers runs apt-get itself: it gets the lock timeout through APT_CONFIG.
+    log = (tmp_path / "fake" / "ubuntu-drivers.log").read_text()
+    assert log == 'install --gpgpu APT_CONFIG=DPkg::Lock::Timeout "600";\n'
+
+
+def test_ubuntu_nvidia_fails_when_ubuntu_drivers_installed_nothing(tmp_path):
+    # ubuntu-drivers exits 0 even when its apt-get fails; the script must not go on quietly.
+    run, calls = _run_setup(tmp_path, "ubuntu", "gpu-nvidia", installed=UBUNTU_KERNEL)
+    assert run.returncode == 1
+    assert "ubuntu-drivers install --gpgpu installed no driver" in run.stderr
+    assert not any("nvidia-utils" in call for call in calls)
+
+
+@pytest.mark.parametrize(
+    ("installed", "package"),
+    [
+        ("ii linux-image-virtual 6.8.0.51.51 amd64 meta\n", "linux-image-generic"),
+        (
+            "ii linux-image-virtual-hwe-22.04 6.8.0.51.51~22.04.1 amd64 meta\n",
+            "linux-image-generic-hwe-22.04",
+        ),
+        ("rc linux-image-virtual-hwe-22.04 1 amd64 meta\n", "linux-image-generic"),
+        ("", "linux-image-generic"),
+    ],
+)
+def test_ubuntu_amd_installs_the_generic_kernel_of_the_images_series(tmp_path, installed, package):
+    run, calls = _run_setup(tmp_path, "ubuntu", "gpu-amd", installed=installed)
+    assert run.returncode == 0, run.stderr
+    assert calls == [f"install -y {package}"]
+
+
+def test_apt_get_is_retried_while_a_lock_is_held(tmp_path):
+    # DPkg::Lock::Timeout does not cover the lists lock of apt-get update.
+    run, calls = _run_setup(tmp_path, "debian", "coral-tpu", apt_failures=2)
+    assert run.returncode == 0, run.stderr
+    assert calls == ["update", "update", "update", "install -y libedgetpu1-std"]
+    assert (tmp_path / "fake" / "sleeps").read_text().split() == ["30", "30"]
+
+
+def test_apt_get_gives_up_after_five_tries(tmp_path):
+    run, calls = _run_setup(tmp_path, "debian", "coral-tpu", apt_failures=100)
+    assert run.returncode != 0
+    assert calls == ["update"] * 5
