@@ -160,7 +160,11 @@ def user_data(facts: GuestFacts, extra_groups: Iterable[str] = ()) -> dict[str, 
 
 
 def bootstrap_command() -> list[str]:
-    """The runcmd entry (exec'd without a shell) that starts the transient bootstrap unit."""
+    """The runcmd entry that starts the transient bootstrap unit.
+
+    A list-form entry: cloud-init writes it into its runcmd /bin/sh script with every
+    argument single-quoted, so no argument is ever parsed as shell text.
+    """
     return [
         SYSTEMD_RUN,
         f"--unit={UNIT}",

@@ -4,6 +4,7 @@
 {
   config,
   lib,
+  options,
   pkgs,
   ...
 }:
@@ -19,6 +20,9 @@ let
     ;
   # Written by cloud-init from the claim's spec.nix.flakeRef (function/nixos.py).
   flakeRefFile = "/etc/fabric/flake-ref";
+  # Read only when adminUser is set: the admin's keys as the whole configuration declares them.
+  adminAuthorizedKeys = config.users.users.${cfg.adminUser}.openssh.authorizedKeys;
+  adminHasKeys = adminAuthorizedKeys.keys != [ ] || adminAuthorizedKeys.keyFiles != [ ];
 in
 {
   options.fabric.guest = {
@@ -118,22 +122,27 @@ in
       security.sudo.wheelNeedsPassword = mkDefault (!cfg.passwordlessSudo);
 
       # The bootstrap switch and the upgrades use flakes; git fetches git+https/git+ssh refs.
-      nix.settings.experimental-features = [
+      # extra-experimental-features adds to whatever the host configuration sets, in either
+      # form (nix.settings.experimental-features as a list or as "nix-command flakes").
+      nix.settings.extra-experimental-features = [
         "nix-command"
         "flakes"
       ];
       environment.systemPackages = [ pkgs.git ];
 
       # cloud-init adds the admin user to /etc/passwd; with immutable users NixOS rewrites
-      # /etc/passwd at every switch and the user (and its SSH keys) disappears.
+      # /etc/passwd at every switch and the user (and its SSH keys) disappears. Then the
+      # configuration must declare the admin with keys: SSH takes keys only, so an admin
+      # without keys locks the owner out as surely as no admin at all.
       users.mutableUsers = mkDefault true;
       assertions = [
         {
-          assertion = config.users.mutableUsers || cfg.adminUser != null;
+          assertion = config.users.mutableUsers || (cfg.adminUser != null && adminHasKeys);
           message = ''
-            fabric.guest: users.mutableUsers = false deletes the admin user cloud-init made at
-            the first switch; set fabric.guest.adminUser and fabric.guest.adminKeys so the
-            configuration declares it.
+            fabric.guest: users.mutableUsers = false deletes the admin user cloud-init made,
+            and its SSH keys, at the first switch; set fabric.guest.adminUser and
+            fabric.guest.adminKeys (or the user's openssh.authorizedKeys) so the configuration
+            declares it with keys.
           '';
         }
       ];
@@ -147,14 +156,29 @@ in
       };
     }
 
+    # cloud-init's network config is rendered for systemd-networkd. NixOS's default
+    # scripted networking would also run dhcpcd on every interface (useDHCP defaults to
+    # true), and nixpkgs warns that the two can fight over the same interfaces; let
+    # networkd alone manage them, as proxmox-image.nix does with useDHCP = false.
+    (mkIf config.services.cloud-init.network.enable {
+      networking.useNetworkd = mkDefault true;
+      networking.useDHCP = mkDefault false;
+    })
+
     (mkIf (cfg.upgrade.enable && cfg.flake != null) {
-      system.autoUpgrade = {
-        enable = true;
-        flake = cfg.flake; # nixpkgs adds --refresh for flakes
-        dates = cfg.upgrade.dates;
-        randomizedDelaySec = cfg.upgrade.randomizedDelaySec;
-        allowReboot = cfg.upgrade.allowReboot;
-      };
+      system.autoUpgrade =
+        {
+          enable = true;
+          flake = cfg.flake; # nixpkgs adds --refresh for flakes
+          dates = cfg.upgrade.dates;
+          randomizedDelaySec = cfg.upgrade.randomizedDelaySec;
+          allowReboot = cfg.upgrade.allowReboot;
+        }
+        # nixpkgs adds --upgrade (nix-channel --update: channels a flake machine does not
+        # read) unless upgrade = false. The option is newer than 24.11 (nixpkgs PR
+        # #409185); where it is missing, setting it would fail evaluation, so it is set only
+        # where it exists.
+        // lib.optionalAttrs (options.system.autoUpgrade ? upgrade) { upgrade = false; };
     })
 
     (mkIf (cfg.upgrade.enable && cfg.flake == null) {
@@ -181,12 +205,17 @@ in
           config.nix.package.out
           config.programs.ssh.package
         ];
+        # NixOS runs the script under `set -e`; `read` fails on a last line without a
+        # newline (a ref written by hand with printf), hence `|| true`.
         script = ''
-          if [ ! -s ${flakeRefFile} ]; then
-            echo "fabric-upgrade: no ${flakeRefFile}; nothing to do"
+          ref=""
+          if [ -s ${flakeRefFile} ]; then
+            IFS= read -r ref < ${flakeRefFile} || true
+          fi
+          if [ -z "$ref" ]; then
+            echo "fabric-upgrade: no flake ref in ${flakeRefFile}; nothing to do"
             exit 0
           fi
-          IFS= read -r ref < ${flakeRefFile}
           exec /run/current-system/sw/bin/nixos-rebuild switch --refresh --flake "$ref"
         '';
         startAt = cfg.upgrade.dates;

@@ -88,7 +88,7 @@ def test_bootstrap_is_a_transient_unit_with_full_paths():
     cfg = user_data(make_facts())
     assert cfg["runcmd"] == [nixos.bootstrap_command()]
     (command,) = cfg["runcmd"]
-    assert isinstance(command, list), "exec'd without a shell"
+    assert isinstance(command, list), "list form: cloud-init single-quotes every argument"
     assert command[0] == SW_BIN + "systemd-run"
     assert "--unit=fabric-bootstrap" in command
     assert "--no-block" in command
@@ -257,6 +257,201 @@ def test_guest_module_parses():
         check=True,
         capture_output=True,
     )
+
+
+# The module evaluated without nixpkgs (none is available offline): the real file, called with
+# a stand-in lib that applies mkIf/mkMerge/mkDefault the way the module system does, and the
+# nixpkgs defaults and checks the cases need (tests/fixtures/nixos/eval-guest-module.nix says
+# exactly what is emulated). Each case below failed on the module before its fix.
+HARNESS = ROOT / "tests" / "fixtures" / "nixos" / "eval-guest-module.nix"
+NETWORKD_AND_DHCPCD = "can cause both networkd and dhcpcd to manage the same interfaces"
+
+
+def _evaluate(
+    configuration: str, *, upgrade_option: bool = True
+) -> subprocess.CompletedProcess[str]:
+    nix = shutil.which("nix-instantiate")
+    if nix is None:
+        pytest.skip("nix-instantiate is not installed (apt-get install nix-bin)")
+    argv = [nix, "--readonly-mode", "--eval", "--strict", "--json", str(HARNESS)]
+    argv += ["--arg", "configuration", configuration]
+    argv += ["--arg", "hasUpgradeOption", "true" if upgrade_option else "false"]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+
+
+def evaluate(configuration: str = "{ }", *, upgrade_option: bool = True) -> dict[str, Any]:
+    run = _evaluate(configuration, upgrade_option=upgrade_option)
+    assert run.returncode == 0, run.stderr
+    result: dict[str, Any] = json.loads(run.stdout)
+    return result
+
+
+def test_guest_module_defaults_evaluate_without_warnings():
+    got = evaluate()
+    assert got["failedAssertions"] == []
+    # Before: nixpkgs warned that networkd (cloud-init's network) and dhcpcd could fight.
+    assert got["warnings"] == []
+    assert got["networking"] == {"hostName": "", "useDHCP": False, "useNetworkd": True}
+    assert got["cloudInit"] == {"enable": True, "network": True}
+    assert got["systemdServices"] == ["fabric-upgrade"]
+    assert got["autoUpgrade"] == {"enable": False}
+
+
+def test_guest_module_leaves_networking_alone_without_cloud_init_network():
+    got = evaluate("{ services.cloud-init.network.enable = false; }")
+    assert got["networking"]["useDHCP"] is True
+    assert got["networking"]["useNetworkd"] is False
+    assert got["warnings"] == []
+
+
+def test_guest_module_with_proxmox_image_networking():
+    # proxmox-image.nix sets networking.useDHCP = false (a plain definition).
+    got = evaluate("{ networking.useDHCP = false; }")
+    assert got["networking"]["useDHCP"] is False
+    assert got["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    "host_setting",
+    [
+        'nix.settings.experimental-features = "nix-command flakes";',
+        'nix.settings.experimental-features = [ "nix-command" "flakes" "pipe-operators" ];',
+    ],
+)
+def test_guest_module_adds_flakes_without_clashing_with_the_host(host_setting):
+    # Before: the module set experimental-features as a list; the string form, which many
+    # configurations use, then clashed with it and evaluation failed.
+    got = evaluate(f"{{ {host_setting} }}")
+    assert got["nixSettings"]["extra-experimental-features"] == ["nix-command", "flakes"]
+    assert "experimental-features" in got["nixSettings"]
+
+
+def test_guest_module_sets_only_extra_experimental_features():
+    assert evaluate()["nixSettings"] == {"extra-experimental-features": ["nix-command", "flakes"]}
+
+
+IMMUTABLE = 'users.mutableUsers = false; fabric.guest.adminUser = "admin";'
+ADMIN_KEYS = f'fabric.guest.adminKeys = [ "{KEY}" ];'
+USER_KEYS = f'users.users.admin.openssh.authorizedKeys.keys = [ "{KEY}" ];'
+USER_KEY_FILES = 'users.users.admin.openssh.authorizedKeys.keyFiles = [ "/etc/admin.keys" ];'
+
+
+@pytest.mark.parametrize(
+    ("configuration", "refused"),
+    [
+        ("{ users.mutableUsers = false; }", True),
+        # Before: declaring the user without keys passed the module's check.
+        (f"{{ {IMMUTABLE} }}", True),
+        (f"{{ {IMMUTABLE} {ADMIN_KEYS} }}", False),
+        (f"{{ {IMMUTABLE} {USER_KEYS} }}", False),
+        (f"{{ {IMMUTABLE} {USER_KEY_FILES} }}", False),
+        ('{ fabric.guest.adminUser = "admin"; }', False),
+        ("{ }", False),
+    ],
+)
+def test_guest_module_immutable_users_need_an_admin_with_keys(configuration, refused):
+    got = evaluate(configuration)
+    failed = got["failedAssertions"]
+    if refused:
+        (message,) = failed
+        assert message.startswith("fabric.guest: users.mutableUsers = false deletes the admin")
+        assert "with keys" in message
+    else:
+        assert failed == []
+
+
+def test_guest_module_declares_the_admin_with_its_keys():
+    got = evaluate(f"{{ {IMMUTABLE} {ADMIN_KEYS} }}")
+    assert got["users"] == {"admin": {"extraGroups": ["wheel"], "keyFiles": [], "keys": [KEY]}}
+
+
+FLAKE_PIN = '{ fabric.guest.flake = "git+https://git.example/homelab?ref=main"; }'
+
+
+def test_guest_module_flake_upgrades_do_not_add_upgrade():
+    got = evaluate(FLAKE_PIN)
+    # Before: upgrade was left at nixpkgs' default (true), which adds --upgrade.
+    assert got["autoUpgrade"] == {
+        "enable": True,
+        "flake": "git+https://git.example/homelab?ref=main",
+        "dates": "04:40",
+        "randomizedDelaySec": "45min",
+        "allowReboot": False,
+        "upgrade": False,
+    }
+    assert got["systemdServices"] == []
+    assert got["warnings"] == []
+
+
+def test_guest_module_evaluates_on_nixpkgs_without_the_upgrade_option():
+    # nixpkgs 24.11 (the README's pin) has no system.autoUpgrade.upgrade: setting it there
+    # would fail with "The option ... does not exist".
+    got = evaluate(FLAKE_PIN, upgrade_option=False)
+    assert "upgrade" not in got["autoUpgrade"]
+    assert got["autoUpgrade"]["enable"] is True
+
+
+def test_guest_module_harness_rejects_undeclared_options():
+    # The stand-in checks what the cases above rely on: an undeclared autoUpgrade option
+    # and two clashing definitions both fail, as they do in the module system.
+    run = _evaluate("{ system.autoUpgrade.upgrade = false; }", upgrade_option=False)
+    assert run.returncode != 0
+    assert "The option `system.autoUpgrade.upgrade' does not exist" in run.stderr
+    run = _evaluate('{ networking.hostName = "a"; }')
+    assert run.returncode == 0, run.stderr
+    run = _evaluate('{ nix.settings.extra-experimental-features = "ca-derivations"; }')
+    assert run.returncode != 0
+    assert "conflicting definitions of nix.settings.extra-experimental-features" in run.stderr
+
+
+def test_guest_module_allow_reboot_without_flake_warns():
+    got = evaluate("{ fabric.guest.upgrade.allowReboot = true; }")
+    (warning,) = got["warnings"]
+    assert warning.startswith("fabric.guest.upgrade.allowReboot needs fabric.guest.flake")
+
+
+def test_guest_module_disabled_sets_nothing():
+    got = evaluate("{ fabric.guest.enable = false; }")
+    assert got["cloudInit"] == {"enable": False, "network": False}
+    assert got["nixSettings"] == {}
+    assert got["systemdServices"] == []
+    assert got["networking"] == {"hostName": "nixos", "useDHCP": True, "useNetworkd": False}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (FLAKE + "\n", ["switch", "--refresh", "--flake", FLAKE]),
+        # Written by hand without a trailing newline: read fails, set -e must not end the unit.
+        (FLAKE, ["switch", "--refresh", "--flake", FLAKE]),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_fabric_upgrade_reads_the_ref_the_owner_wrote(tmp_path, content, expected):
+    script = evaluate()["fabricUpgradeScript"]
+    sw_bin = tmp_path / "sw-bin"
+    sw_bin.mkdir()
+    (sw_bin / "nixos-rebuild").write_text(
+        f'#!/bin/sh\nfor a in "$@"; do printf "%s\\0" "$a"; done > {tmp_path}/argv\n'
+    )
+    (sw_bin / "nixos-rebuild").chmod(0o755)
+    ref_file = tmp_path / "flake-ref"
+    if content is not None:
+        ref_file.write_text(content)
+    script = script.replace(nixos.FLAKE_REF_PATH, str(ref_file)).replace(
+        "/run/current-system/sw/bin", str(sw_bin)
+    )
+    # NixOS's makeJobScript runs a unit's script under `set -e`.
+    (tmp_path / "unit.sh").write_text("set -e\n" + script)
+    run = _run(tmp_path / "unit.sh")
+    assert run.returncode == 0, run.stderr
+    argv = tmp_path / "argv"
+    if expected is None:
+        assert "nothing to do" in run.stdout
+        assert not argv.exists()
+    else:
+        assert argv.read_text().split("\0")[:-1] == expected
 
 
 def test_guest_module_covers_the_contract():
