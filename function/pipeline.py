@@ -286,7 +286,7 @@ def _placed(
         alt = f" (also fitted: {', '.join(others)})" if others else ""
         report.notice(f"placed on {where}{alt}")
     report.phase = "Scheduled"
-    decision.ready = status.provisioning(report, req.observed_ws)
+    decision.ready = status.provisioning(report, req.observed_ws, req.xr)
     decision.ttl = STEADY if decision.ready else PROVISIONING
 
 
@@ -301,7 +301,7 @@ def _held(decision: Decision, req: Request, hold: Hold) -> None:
             report.placement = Placement.of_held(held)
         report.condition("Valid", "False", hold.reason, f"held as it is: {hold.message}")
         report.warn(f"the machine is held as it is: {hold.message}")
-        decision.ready = status.provisioning(report, req.observed_ws)
+        decision.ready = status.provisioning(report, req.observed_ws, req.xr)
         report.phase = "Held"  # whatever the Workspace's state, the claim is not applied
         decision.ttl = PROVISIONING
         return

@@ -14,6 +14,7 @@ from typing import Any
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 
 from function import workspace
+from function.fleet import obj
 from function.model import Inventory
 from function.placement import Placement
 
@@ -107,12 +108,50 @@ def xr_status(
     return status
 
 
-def provisioning(report: Report, observed_ws: dict[str, Any] | None) -> bool:
+# What an API server says when a Workspace CRD lacks a field Fabric sets: provider-terraform
+# before v0.19 has neither inlineFormat nor env.
+_OLD_PROVIDER_SIGNS = ("field not declared in schema", "unknown field")
+
+
+def workspace_not_applied(xr: dict[str, Any]) -> str | None:
+    """Crossplane's word, on the XR's Synced condition, that it could not apply the Workspace.
+
+    Crossplane (v2.0 composite reconciler) applies each composed resource, and on failure sets
+    the XR's Synced condition to False with the error, or to "Unsynced resources: workspace"
+    when the API server found the Workspace invalid. The function sees that on its next call.
+    """
+    conditions = obj(xr.get("status")).get("conditions")
+    for cond in conditions if isinstance(conditions, list) else []:
+        if not isinstance(cond, dict) or cond.get("type") != "Synced":
+            continue
+        message = str(cond.get("message") or "")
+        if cond.get("status") == "False" and f'"{workspace.RESOURCE_NAME}"' in message:
+            return message
+        if cond.get("status") == "False" and message.startswith("Unsynced resources:"):
+            return message
+    return None
+
+
+def provisioning(
+    report: Report, observed_ws: dict[str, Any] | None, xr: dict[str, Any] | None = None
+) -> bool:
     """Read the observed Workspace into phase and a Provisioned condition; True when Running."""
     if observed_ws is None:
-        report.condition(
-            "Provisioned", "False", "Pending", "the Workspace has not been created yet"
-        )
+        failure = workspace_not_applied(xr or {})
+        if failure is None:
+            report.condition(
+                "Provisioned", "False", "Pending", "the Workspace has not been created yet"
+            )
+            return False
+        hint = ""
+        if any(sign in failure for sign in _OLD_PROVIDER_SIGNS):
+            hint = (
+                " (the Workspace CRD lacks fields Fabric sets: Fabric needs provider-terraform"
+                " v1.x from crossplane-contrib, see the README's supported stack)"
+            )
+        message = f"Crossplane could not apply the Workspace: {failure}{hint}"
+        report.condition("Provisioned", "False", "WorkspaceNotApplied", message)
+        report.warn(message)
         return False
     synced = workspace.condition(observed_ws, "Synced")
     ready = workspace.condition(observed_ws, "Ready")

@@ -429,3 +429,29 @@ def test_a_status_that_disagrees_with_the_workspace_never_moves_the_vm(call):
     assert desired_ws(rsp)["spec"] == observed["spec"]
     assert status(rsp)["phase"] == "Held"
     assert any("carries no Fabric placement" in w for w in warnings(rsp))
+
+
+def test_a_workspace_crossplane_could_not_apply_is_shown_on_the_claim(call):
+    # provider-terraform before v0.19 has no inlineFormat or env: the API server refuses the
+    # Workspace, Crossplane says so on the XR's Synced condition (never on the claim), and
+    # the function, reading its XR, repeats it where the owner looks.
+    refused = (
+        'cannot compose resources: cannot apply composed resource "workspace": '
+        "failed to create typed patch object: .spec.forProvider.inlineFormat: "
+        "field not declared in schema"
+    )
+    machine = xr(
+        "old-provider",
+        basic_spec(),
+        status={"conditions": [{"type": "Synced", "status": "False", "message": refused}]},
+    )
+    rsp = reconcile(call, machine)
+    provisioned = condition(rsp, "Provisioned")
+    assert provisioned is not None
+    assert provisioned.reason == "WorkspaceNotApplied"
+    assert "inlineFormat" in provisioned.message
+    assert "provider-terraform v1.x" in provisioned.message
+    assert any("could not apply the Workspace" in w for w in warnings(rsp))
+    # And without that condition, nothing of it.
+    rsp = reconcile(call, xr("old-provider", basic_spec()))
+    assert condition(rsp, "Provisioned").reason == "Pending"
