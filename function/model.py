@@ -479,7 +479,15 @@ class Inventory(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Inventory:
-        for check in (_unique_nodes, _unique_mappings, _known_nodes, _vmid_range, _pools_disjoint):
+        checks = (
+            _unique_nodes,
+            _unique_mappings,
+            _known_nodes,
+            _templates_on_one_node,
+            _vmid_range,
+            _pools_disjoint,
+        )
+        for check in checks:
             check(self)
         return self
 
@@ -520,6 +528,23 @@ def _known_nodes(inv: Inventory) -> None:
         if guest.node not in known:
             msg = f"unmanaged guest {guest.vmid} ({guest.name}) is on unknown node {guest.node!r}"
             raise ValueError(msg)
+
+
+def _templates_on_one_node(inv: Inventory) -> None:
+    # A template is a VM: it lives on one node. The same VMID listed for several nodes is a
+    # template on shared storage, which bpg clones onto another node only through
+    # clone.node_name; Fabric clones each node's own template, on that node.
+    where: dict[int, tuple[str, str]] = {}
+    for image_name, image in sorted(inv.images.items()):
+        for node, vmid in sorted(image.templates.items()):
+            first = where.setdefault(vmid, (image_name, node))
+            if first[1] != node:
+                msg = (
+                    f"images.{image_name}.templates.{node}: template VMID {vmid} is also given "
+                    f"for node {first[1]} (images.{first[0]}); a template lives on one node, "
+                    "so accepted: each node's own template VMID"
+                )
+                raise ValueError(msg)
 
 
 def _vmid_range(inv: Inventory) -> None:

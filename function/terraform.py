@@ -226,7 +226,11 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         "reboot_after_update": False,
         "scsi_hardware": "virtio-scsi-single",
         # Parallel clones of one template contend for its lock; retry instead of failing.
-        "clone": [{"vm_id": shape.template_vmid, "full": True, "retries": 3}],
+        # The template is the node's own (model.py refuses one VMID on several nodes); saying
+        # its node keeps bpg from looking for it elsewhere.
+        "clone": [
+            {"vm_id": shape.template_vmid, "node_name": shape.node, "full": True, "retries": 3}
+        ],
         "agent": [{"enabled": True, "timeout": AGENT_TIMEOUT}],
         "cpu": [{"cores": shape.cpu, "type": "host"}],
         "memory": [{"dedicated": shape.memory_mib}],

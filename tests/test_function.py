@@ -48,7 +48,9 @@ def test_pinned_claim_lands_on_its_node(call, v2):
     assert machine_vm["node_name"] == "pumped-piglet"
     assert machine_vm["vm_id"] == 200
     # The debian-12 template on pumped-piglet.
-    assert machine_vm["clone"] == [{"vm_id": 9002, "full": True, "retries": 3}]
+    assert machine_vm["clone"] == [
+        {"vm_id": 9002, "node_name": "pumped-piglet", "full": True, "retries": 3}
+    ]
     assert machine_vm["cpu"] == [{"cores": 2, "type": "host"}]
     assert machine_vm["memory"] == [{"dedicated": 4096}]
     assert machine_vm["disk"][0]["size"] == 32

@@ -334,3 +334,15 @@ def test_the_vm_boots_from_its_templates_disk(example, disk, call, tmp_path):
     vm = vm_attributes(start.state)
     assert [d["interface"] for d in vm["disk"]] == [disk]
     assert vm["boot_order"] == [disk]
+
+
+def test_one_template_vmid_on_several_nodes_is_refused(call):
+    # A template on shared storage listed for every node would be cloned on the wrong node.
+    inv = inventory_data(inventory_cm())
+    inv["images"]["debian-12"]["templates"]["still-fawn"] = 9000
+    xr = xpsim.load_yaml(ROOT / "examples" / "xrs" / "basic.yaml")
+    rsp = reconcile(call, xr, [with_inventory(inv), *fleet()])
+    assert desired_ws(rsp) is None
+    said = " ".join(warnings(rsp))
+    assert "images.debian-12.templates.still-fawn: template VMID 9000" in said, said
+    assert "accepted: each node's own template VMID" in said
