@@ -195,6 +195,12 @@ def drift(spec: MachineSpec, demand: Demand, placement: Placement) -> list[str]:
             f"spec.network.name is {spec.network.name} but the machine is on {placement.network}; "
             "it stays there until it is re-created"
         )
+    held_address = placement.address or "dhcp"
+    if demand.address not in ("auto", held_address):
+        notes.append(
+            f"spec.network.address is {demand.address} but the machine has {held_address}; "
+            "it keeps it until it is re-created"
+        )
     return notes
 
 

@@ -68,6 +68,10 @@ VM_IGNORE_CHANGES = [
     # of the image's bootDisk must not add a disk to, or re-order the boot of, a running VM.
     "disk[0].interface",
     "boot_order",
+    # Where the disks are is chosen at creation: bpg would move them (a long online disk move,
+    # and a new cloud-init drive) on an edit of spec.storage.pool or of a node's default.
+    "disk[0].datastore_id",
+    "initialization[0].datastore_id",
     "initialization[0].user_data_file_id",
     "initialization[0].meta_data_file_id",
 ]

@@ -153,6 +153,14 @@ _CREATE_ONLY = {
         0,
         "data",
     ),
+    "storage pool (where its disks are)": (
+        "resource",
+        "proxmox_virtual_environment_vm",
+        "machine",
+        "disk",
+        0,
+        "datastore_id",
+    ),
     "image (template clone)": (
         "resource",
         "proxmox_virtual_environment_vm",

@@ -140,7 +140,20 @@ EVENTS = [
         claim=_set("nix/flakeRef", "git+https://git.example/fabric?ref=next#nixos-builder"),
         announced="re-created",
     ),
-    Event("static address", "frigate", NOOP, claim=_set("network/address", "192.168.4.61/24")),
+    Event(
+        "static address",
+        "frigate",
+        NOOP,
+        claim=_set("network/address", "192.168.4.61/24"),
+        announced="keeps it until it is re-created",
+    ),
+    Event(
+        "storage pool",
+        "gpu-worker",
+        NOOP,
+        claim=_set("storage", {"pool": "local"}),
+        announced="re-created",
+    ),
     Event("deletionPolicy", "gpu-worker", NOOP, claim=_set("deletionPolicy", "Orphan")),
     Event(
         "a device added",
