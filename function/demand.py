@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from function import cloudinit
 from function.errors import FabricError, show_value
 from function.model import Defaults, Image, Inventory, MachineSpec, Network
 
@@ -145,6 +146,13 @@ def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
             f"accepted: {smallest}Gi or more"
         )
         raise FabricError(msg)
+    if spec.nix is not None and image.os != "nixos":
+        msg = (
+            f"spec.nix: a flake needs a NixOS image, and {image_name} is "
+            f"{image.os}; accepted: an image with os nixos"
+        )
+        raise FabricError(msg)
+    cloudinit.check_roles(spec.roles, image.os, inv.templates)
     network_name, network, address = _network(spec, inv)
     return Demand(
         cpu=spec.cpu or (size.cpu if size else defaults.cpu),
@@ -161,3 +169,22 @@ def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
         pin=spec.placement.node,
         strategy=spec.placement.strategy or inv.scoring,
     )
+
+
+def check_secret_namespaces(spec: MachineSpec, home: str | None) -> None:
+    """Refuse a bootstrap Secret outside the machine's own namespace.
+
+    provider-terraform reads any Secret a Workspace points at, so without this a claim could
+    pull another team's credentials into its user-data. `home` is the claim's namespace (or the
+    namespaced XR's); None for a cluster-scoped XR without a claim, written by an administrator.
+    """
+    if home is None:
+        return
+    for i, secret in enumerate(spec.bootstrap.secrets):
+        if secret.secret_ref.namespace != home:
+            msg = (
+                f"spec.bootstrap.secrets[{i}].secretRef.namespace: "
+                f"{secret.secret_ref.namespace!r} is not the machine's namespace; "
+                f"accepted: {home!r}"
+            )
+            raise FabricError(msg)

@@ -20,7 +20,8 @@ import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import pydantic
 from google.protobuf import struct_pb2
 
-from function.errors import canonical
+from function.demand import check_secret_namespaces
+from function.errors import FabricError, canonical
 from function.model import CROSSPLANE_SPEC_FIELDS, MachineSpec, intent
 from function.requirements import BoundedCache, to_plain
 
@@ -194,11 +195,24 @@ def member(xr: dict[str, Any]) -> Member:
     return _member(xr, parse_spec(xr))
 
 
+def home_namespace(key: str) -> str | None:
+    """The namespace a machine's claim (or namespaced XR) lives in, from its key."""
+    return key.split("/", 1)[0] if "/" in key else None
+
+
 def _member(xr: dict[str, Any], spec: MachineSpec | None) -> Member:
     meta = obj(xr.get("metadata"))
     status = obj(xr.get("status"))
+    key = machine_key(xr)
+    if spec is not None:
+        # The machine's own reconcile refuses such a claim before placing it (admission):
+        # no other machine may count it as pending either.
+        try:
+            check_secret_namespaces(spec, home_namespace(key))
+        except FabricError:
+            spec = None
     return Member(
-        key=machine_key(xr),
+        key=key,
         created=str(meta.get("creationTimestamp") or ""),
         spec=spec,
         held=held_from_status(status),

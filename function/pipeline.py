@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 
 from function import fleet, render, status, workspace, yamlio
-from function.demand import Demand, resolve
+from function.demand import Demand, check_secret_namespaces, resolve
 from function.errors import FabricError, canonical, describe
 from function.model import DNS_LABEL, FunctionInput, Inventory, MachineSpec, intent
 from function.placement import Outcome, Placement, assign
@@ -72,7 +72,7 @@ def machine_of(xr: dict[str, Any]) -> render.Machine:
     meta = xr.get("metadata") or {}
     key = fleet.machine_key(xr)
     hostname = key.rsplit("/", 1)[-1]
-    claim_namespace = key.split("/", 1)[0] if "/" in key else None
+    claim_namespace = fleet.home_namespace(key)
     return render.Machine(
         key=key,
         hostname=hostname,
@@ -213,8 +213,12 @@ def _place(req: Request, spec: MachineSpec, demand: Demand, inv: Inventory) -> O
     return assign(inv, req.fn_input.defaults, members, me, demand)
 
 
-def _resolve(spec: MachineSpec, inv: Inventory, fn_input: FunctionInput) -> Demand:
+def _resolve(
+    spec: MachineSpec, inv: Inventory, fn_input: FunctionInput, machine: render.Machine
+) -> Demand:
+    """Admission: everything that refuses a claim, before it is placed in any view."""
     try:
+        check_secret_namespaces(spec, machine.namespace or machine.claim_namespace)
         demand = resolve(spec, inv, fn_input.defaults)
     except FabricError as err:
         raise Hold(phase="Invalid", reason="InvalidSpec", message=str(err)) from None
@@ -235,7 +239,7 @@ def decide(req: Request) -> Decision:
         spec = parse_spec(req.xr)
         inv = parse_inventory(req.inventory, req.fn_input)
         decision.inventory = inv
-        demand = _resolve(spec, inv, req.fn_input)
+        demand = _resolve(spec, inv, req.fn_input, machine)
         outcome = _place(req, spec, demand, inv)
         if outcome.placement is None:
             raise _unschedulable(outcome)
@@ -311,6 +315,9 @@ def _held(decision: Decision, req: Request, hold: Hold) -> None:
         report.phase = "Held"  # whatever the Workspace's state, the claim is not applied
         decision.ttl = PROVISIONING
         return
+    # Nothing exists and nothing is held: a refused claim shows no node, VMID or address, which
+    # other machines would otherwise read from its status as taken (DESIGN 6.9).
+    report.placement = None
     report.phase = hold.phase
     invalid = hold.phase == "Invalid"
     report.condition("Scheduled", "False", "Invalid" if invalid else hold.reason, hold.message)

@@ -94,23 +94,6 @@ def meta_data(name: str, hostname: str) -> str:
     return yamlio.dump({"instance-id": name, "local-hostname": hostname})
 
 
-def _check_secret_namespaces(spec: MachineSpec, machine: Machine) -> None:
-    # A claim may only hand its VM Secrets of its own namespace: provider-terraform reads
-    # any Secret it is pointed at, so without this a claim could pull another team's
-    # credentials into its user-data. A namespaced Workspace can only read its own anyway.
-    home = machine.namespace or machine.claim_namespace
-    if home is None:
-        return  # a cluster-scoped XR without a claim: written by a cluster administrator
-    for i, secret in enumerate(spec.bootstrap.secrets):
-        if secret.secret_ref.namespace != home:
-            msg = (
-                f"spec.bootstrap.secrets[{i}].secretRef.namespace: "
-                f"{secret.secret_ref.namespace!r} is not the machine's namespace; "
-                f"accepted: {home!r}"
-            )
-            raise FabricError(msg)
-
-
 def _template_vmid(demand: Demand, node: str) -> int:
     vmid = demand.image.templates.get(node)
     if vmid is None:
@@ -131,13 +114,6 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
     if node is None:
         msg = f"the inventory no longer lists node {placement.node}, where this machine lives"
         raise FabricError(msg)
-    if spec.nix is not None and demand.image.os != "nixos":
-        msg = (
-            f"spec.nix: a flake needs a NixOS image, and {demand.image_name} is "
-            f"{demand.image.os}; accepted: an image with os nixos"
-        )
-        raise FabricError(msg)
-    _check_secret_namespaces(spec, machine)
     # A machine's snippets stay where they were written: its cicustom points there.
     snippets = placement.snippets or node.snippets_datastore
     facts = guest_facts(subject, placement, devices)

@@ -8,6 +8,7 @@ from function.cloudinit.composer import (
     MAX_USER_DATA_BYTES,
     available_devices,
     available_roles,
+    check_roles,
     compose,
 )
 from function.cloudinit.facts import DeviceFact, GuestFacts, NetworkFact
@@ -19,5 +20,6 @@ __all__ = [
     "NetworkFact",
     "available_devices",
     "available_roles",
+    "check_roles",
     "compose",
 ]

@@ -134,7 +134,24 @@ def select(facts: GuestFacts, catalog: Mapping[str, Template]) -> list[Template]
                 continue  # on NixOS the flake configures devices, using machine.json
             raise FabricError(_unsupported(template, family))
         chosen.append(template)
-    for role in facts.roles:
+    chosen += _role_templates(facts.roles, family, catalog)
+    return chosen
+
+
+def check_roles(roles: list[str], family: str, site_templates: Mapping[str, str]) -> None:
+    """Refuse a role the library lacks or that the image's os family cannot take.
+
+    Admission calls this before placement, so a claim that rendering would refuse is
+    refused before it holds anything, in its own view and in every other machine's.
+    """
+    _role_templates(roles, family, library.catalog(site_templates))
+
+
+def _role_templates(
+    roles: tuple[str, ...] | list[str], family: str, catalog: Mapping[str, Template]
+) -> list[Template]:
+    chosen = []
+    for role in roles:
         template = catalog.get(f"roles/{role}")
         if template is None:
             known = sorted(k.removeprefix("roles/") for k in catalog if k.startswith("roles/"))
