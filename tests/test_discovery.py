@@ -13,6 +13,7 @@ import copy
 import datetime as dt
 import ipaddress
 import json
+import re
 import socket
 import ssl
 import threading
@@ -36,6 +37,7 @@ from function.discovery.cli import cli
 from function.discovery.merge import build_inventory, load_overrides
 from function.discovery.proxmox import (
     Cluster,
+    Drive,
     Guest,
     MapEntry,
     Mapping,
@@ -43,6 +45,8 @@ from function.discovery.proxmox import (
     PciFunction,
     Storage,
     UsbDevice,
+    boot_disk,
+    parse_disk_size,
     parse_property_string,
 )
 from function.model import Inventory
@@ -417,6 +421,8 @@ def test_templates_feed_images_only_where_the_overrides_say(plain: FakeProxmox) 
                 "pve": 9000,
                 "still-fawn": 9001,
             },
+            # scsi0 from qm importdisk; 9002 says 3072M, 9003 the legacy `boot: c` + bootdisk.
+            "bootDisk": {"interface": "scsi0", "size": "3Gi"},
             "minDisk": "8Gi",
         },
         "nixos": {
@@ -427,6 +433,7 @@ def test_templates_feed_images_only_where_the_overrides_say(plain: FakeProxmox) 
                 "pve": 9020,
                 "still-fawn": 9021,
             },
+            "bootDisk": {"interface": "virtio0", "size": "8Gi"},  # nixpkgs' proxmox-image
             "minDisk": "16Gi",
         },
         "ubuntu-24.04": {
@@ -437,6 +444,8 @@ def test_templates_feed_images_only_where_the_overrides_say(plain: FakeProxmox) 
                 "pve": 9010,
                 "still-fawn": 9011,
             },
+            # 9011 lists its cloud-init drive first; 9013's 4608M disk is the largest.
+            "bootDisk": {"interface": "virtio0", "size": "5Gi"},
             "minDisk": "8Gi",
         },
     }
@@ -453,6 +462,153 @@ def test_catalogs_are_copied_from_the_overrides(plain: FakeProxmox) -> None:
     for key in ("networks", "classes", "vmids", "overcommit", "scoring"):
         assert inventory[key] == overrides[key], key
     assert inventory["deviceClasses"]["gpu"]["matches"] == ["gpu-nvidia", "gpu-amd"]
+
+
+# --- boot disks of the image templates -----------------------------------------------------------
+
+TEMPLATE_CONFIGS = [
+    "/nodes/fun-bedbug/qemu/9003/config",
+    "/nodes/fun-bedbug/qemu/9013/config",
+    "/nodes/fun-bedbug/qemu/9023/config",
+    "/nodes/pumped-piglet/qemu/9002/config",
+    "/nodes/pumped-piglet/qemu/9012/config",
+    "/nodes/pumped-piglet/qemu/9022/config",
+    "/nodes/pumped-piglet/qemu/9100/config",
+    "/nodes/pve/qemu/9000/config",
+    "/nodes/pve/qemu/9010/config",
+    "/nodes/pve/qemu/9020/config",
+    "/nodes/still-fawn/qemu/9001/config",
+    "/nodes/still-fawn/qemu/9011/config",
+    "/nodes/still-fawn/qemu/9021/config",
+]
+
+
+def _overrides_with(tmp_path: Path, image: str, **fields: Any) -> Path:
+    overrides = yaml.safe_load(OVERRIDES.read_text())
+    overrides["images"][image].update(fields)
+    path = tmp_path / "overrides.yaml"
+    path.write_text(yaml.safe_dump(overrides))
+    return path
+
+
+def test_only_vm_template_configs_are_read(plain: FakeProxmox) -> None:
+    inventory_of(discover(plain))
+
+    # Every VM template (the Windows one too), never a running guest's or a container's.
+    assert sorted(p for p in plain.requests if p.endswith("/config")) == TEMPLATE_CONFIGS
+
+
+def test_templates_of_different_sizes_give_the_largest(plain: FakeProxmox) -> None:
+    result = discover(plain)
+
+    ubuntu = inventory_of(result)["images"]["ubuntu-24.04"]
+    assert ubuntu["bootDisk"] == {"interface": "virtio0", "size": "5Gi"}  # 4608M, rounded up
+    assert (
+        "images.ubuntu-24.04: its templates' virtio0 disks differ in size (4Gi: 9012 on "
+        "pumped-piglet, 9010 on pve, 9011 on still-fawn; 5Gi: 9013 on fun-bedbug); "
+        "bootDisk.size is the largest, 5Gi"
+    ) in result.stderr
+    assert "images.debian-12" not in result.stderr  # 3G and 3072M agree
+    assert "images.nixos" not in result.stderr  # 8G and 8388608K agree
+
+
+def test_templates_that_boot_from_different_disks_leave_boot_disk_out(
+    plain: FakeProxmox,
+) -> None:
+    config = plain.answers["/nodes/pumped-piglet/qemu/9022/config"]
+    disk = config.pop("virtio0").replace("size=8388608K", "size=10G")
+    config |= {"boot": "order=scsi0;net0", "scsi0": disk, "scsihw": "virtio-scsi-single"}
+
+    result = discover(plain)
+    inventory = inventory_of(result)
+
+    assert "bootDisk" not in inventory["images"]["nixos"]
+    assert (
+        "warning: images.nixos: its templates boot from different disks (scsi0: 9022 on "
+        "pumped-piglet; virtio0: 9023 on fun-bedbug, 9020 on pve, 9021 on still-fawn); "
+        "the catalog holds one boot disk per image, so bootDisk is left out"
+    ) in result.stderr
+    assert "set overrides images.nixos.bootDisk.interface" in result.stderr
+    # The other images are not affected.
+    assert inventory["images"]["debian-12"]["bootDisk"] == {"interface": "scsi0", "size": "3Gi"}
+
+
+def test_the_overrides_choose_the_interface_and_discovery_the_size(
+    plain: FakeProxmox, tmp_path: Path
+) -> None:
+    config = plain.answers["/nodes/pumped-piglet/qemu/9022/config"]
+    disk = config.pop("virtio0").replace("size=8388608K", "size=10G")
+    config |= {"boot": "order=scsi0;net0", "scsi0": disk}
+    path = _overrides_with(tmp_path, "nixos", bootDisk={"interface": "virtio0"})
+
+    result = discover(plain, overrides=path)
+
+    # The size is that of the virtio0 templates: 9022's 10G scsi0 disk is another disk.
+    nixos = inventory_of(result)["images"]["nixos"]
+    assert nixos["bootDisk"] == {"interface": "virtio0", "size": "8Gi"}
+    assert (
+        "overrides images.nixos.bootDisk.interface is virtio0, but template 9022 on "
+        "pumped-piglet boots from scsi0: its clones would boot from a new, empty virtio0 disk"
+    ) in result.stderr
+    assert "boot from different disks" not in result.stderr
+
+
+def test_a_boot_disk_in_the_overrides_wins_as_written(plain: FakeProxmox, tmp_path: Path) -> None:
+    path = _overrides_with(tmp_path, "ubuntu-24.04", bootDisk={"interface": "scsi0", "size": "4Gi"})
+
+    result = discover(plain, overrides=path)
+    inventory = inventory_of(result)
+
+    assert inventory["images"]["ubuntu-24.04"]["bootDisk"] == {"interface": "scsi0", "size": "4Gi"}
+    assert "overrides images.ubuntu-24.04.bootDisk.interface is scsi0, but template" in (
+        result.stderr
+    )
+    assert "differ in size" not in result.stderr  # nothing was taken from the templates
+    Inventory.model_validate(inventory)
+
+
+def test_a_boot_disk_smaller_than_a_template_s_is_reported(
+    plain: FakeProxmox, tmp_path: Path
+) -> None:
+    path = _overrides_with(tmp_path, "ubuntu-24.04", bootDisk={"size": "4Gi"})
+
+    result = discover(plain, overrides=path)
+
+    ubuntu = inventory_of(result)["images"]["ubuntu-24.04"]
+    assert ubuntu["bootDisk"] == {"interface": "virtio0", "size": "4Gi"}
+    assert (
+        "overrides images.ubuntu-24.04.bootDisk.size is 4Gi, smaller than the virtio0 disk of "
+        "template 9013 on fun-bedbug"
+    ) in result.stderr
+
+
+def test_a_template_whose_config_cannot_be_read(plain: FakeProxmox) -> None:
+    plain.failures["/nodes/pve/qemu/9020/config"] = (403, "Permission check failed (VM.Audit)")
+
+    result = discover(plain)
+
+    nixos = inventory_of(result)["images"]["nixos"]
+    assert nixos["bootDisk"] == {"interface": "virtio0", "size": "8Gi"}  # from the other three
+    assert (
+        "images.nixos: boot disk of template 9020 on pve unknown "
+        "(GET /nodes/pve/qemu/9020/config: 403"
+    ) in result.stderr
+
+
+def test_a_template_without_a_boot_disk_is_named(plain: FakeProxmox) -> None:
+    for vmid, node in ((9020, "pve"), (9021, "still-fawn"), (9022, "pumped-piglet")):
+        plain.answers[f"/nodes/{node}/qemu/{vmid}/config"]["boot"] = "order=ide2;net0"
+    plain.answers["/nodes/fun-bedbug/qemu/9023/config"]["boot"] = "order=net0"
+
+    result = discover(plain)
+
+    assert "bootDisk" not in inventory_of(result)["images"]["nixos"]
+    assert (
+        "images.nixos: boot disk of template 9020 on pve unknown (GET "
+        "/nodes/pve/qemu/9020/config: boot order=ide2;net0 names no disk"
+    ) in result.stderr
+    assert "images.nixos: no template's boot disk is known; bootDisk left out" in result.stderr
+    assert "set overrides images.nixos.bootDisk" in result.stderr
 
 
 def _reverse_lists(value: Any) -> Any:
@@ -561,6 +717,18 @@ BROKEN_OVERRIDES = [
     ("images:\n  debian-12:\n    os: windows\n    templateName: w\n", "images.debian-12.os"),
     ("images:\n  debian-12:\n    os: debian\n", "templates (node: VMID) or templateName"),
     ("images:\n  debian-12:\n    os: debian\n    templates: {pve: 42}\n", "templates.pve: 42"),
+    (
+        "images:\n  nixos: {os: nixos, templateName: n, bootDisk: {interface: nvme0}}\n",
+        "images.nixos.bootDisk.interface: 'nvme0' is invalid",
+    ),
+    (
+        "images:\n  nixos: {os: nixos, templateName: n, bootDisk: {size: 2560Mi}}\n",
+        "images.nixos.bootDisk.size: '2560Mi' is invalid: accepted: a positive whole number",
+    ),
+    (
+        "images:\n  nixos: {os: nixos, templateName: n, bootDisk: {slot: virtio0}}\n",
+        "images.nixos.bootDisk.slot: unknown field",
+    ),
     ("networks:\n  lan:\n    bridge: vmbr0\n    gateway: 10.0.0.1\n", "networks.lan: "),
     ("classes:\n  small: {cpu: 2, memory: 4Gi}\n", "classes.small.disk: is required"),
     ("vmids: {start: 50, end: 60}\n", "vmids.start: 50 is invalid"),
@@ -640,6 +808,12 @@ def test_an_offline_node_is_kept_unschedulable(plain: FakeProxmox) -> None:
     assert (node["cpu"], node["memory"]) == (12, "32011Mi")  # the cluster's last report
     assert node["storage"] == ["local-zfs"]
     assert inventory["images"]["debian-12"]["templates"]["pumped-piglet"] == 9002
+    # Its templates' configurations cannot be read; the other nodes' templates still tell.
+    assert inventory["images"]["debian-12"]["bootDisk"] == {"interface": "scsi0", "size": "3Gi"}
+    assert (
+        "images.debian-12: boot disk of template 9002 on pumped-piglet unknown "
+        "(pumped-piglet is offline, its configuration was not read)"
+    ) in result.stderr
     assert plain.asked("/nodes/pumped-piglet/") == []
     # sas-hba still maps there, described from the mapping alone.
     assert "mapping sas-hba on pumped-piglet: device class unknown (1000:0072)" in result.stderr
@@ -1115,3 +1289,181 @@ def test_loaded_overrides_keep_the_values_as_written() -> None:
         "start": "192.168.4.200",
         "end": "192.168.4.239",
     }
+
+
+# --- boot disks from configurations, and merged per image ----------------------------------------
+
+CLOUDINIT = "local-lvm:vm-9000-cloudinit,media=cdrom"
+BOOT_DISKS = {
+    "order-virtio0": (
+        {"boot": "order=virtio0;net0", "virtio0": "local-zfs:base-9000-disk-0,size=8G"},
+        Drive("virtio0", 8 << 30),
+    ),
+    "cloudinit-first": (
+        {"boot": "order=ide2;scsi0;net0", "ide2": CLOUDINIT, "scsi0": "local-lvm:d,size=3G"},
+        Drive("scsi0", 3 << 30),
+    ),
+    "cloudinit-without-media": (
+        {
+            "boot": "order=sata1;sata0",
+            "sata1": "local:9000/vm-9000-cloudinit.qcow2",
+            "sata0": "x:y",
+        },
+        Drive("sata0"),
+    ),
+    "iso-first": (
+        {"boot": "order=ide2;scsi0", "ide2": "local:iso/d.iso,media=cdrom", "scsi0": "s:d,size=1T"},
+        Drive("scsi0", 1 << 40),
+    ),
+    "missing-and-foreign-entries": (
+        {"boot": "order=hostpci0;efidisk0;virtio3;usb0;scsi1", "efidisk0": "s:e,size=1M"}
+        | {"scsi1": "file=s:vm-9000-disk-1,size=2252M"},
+        Drive("scsi1", 2252 << 20),
+    ),
+    "legacy-bootdisk": (
+        {"boot": "c", "bootdisk": "scsi0", "ide2": CLOUDINIT, "scsi0": "l:d,size=8388608K"},
+        Drive("scsi0", 8 << 30),
+    ),
+    "legacy-key": (
+        {"boot": "legacy=cdn", "bootdisk": "virtio0", "virtio0": "l:d,size=1.5G"},
+        Drive("virtio0", 3 << 29),
+    ),
+    "bootdisk-without-boot": (
+        {"bootdisk": "ide0", "ide0": "local-lvm:vm-9000-disk-0,size=34359738368"},
+        Drive("ide0", 32 << 30),
+    ),
+    "order-beats-a-stale-bootdisk": (
+        {"boot": "order=virtio0", "bootdisk": "scsi0", "scsi0": "l:a,size=2G"}
+        | {"virtio0": "l:b,size=4G"},
+        Drive("virtio0", 4 << 30),
+    ),
+    "one-disk-nothing-said": (
+        {"ide2": CLOUDINIT, "virtio0": "/dev/disk/by-id/nvme-Samsung_SSD_980_1TB"},
+        Drive("virtio0"),
+    ),
+}
+
+
+@pytest.mark.parametrize(("config", "expected"), BOOT_DISKS.values(), ids=BOOT_DISKS.keys())
+def test_the_boot_disk_of_a_config(config: dict[str, Any], expected: Drive) -> None:
+    assert boot_disk(config) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"boot": "order=ide2;net0", "ide2": CLOUDINIT}, "order=ide2;net0 names no disk"),
+        ({"boot": "order=scsi0", "scsi0": "none,media=cdrom"}, "order=scsi0 names no disk"),
+        ({"boot": "c", "bootdisk": "scsi0"}, "bootdisk scsi0 is not a disk of this VM"),
+        ({"boot": "cdn", "ide2": CLOUDINIT}, "the VM has no disk"),
+        (
+            {"scsi1": "l:a,size=2G", "scsi0": "l:b,size=2G"},
+            "neither boot order nor bootdisk chooses among its disks (scsi0, scsi1)",
+        ),
+        ({"boot": "order=scsi0,garbage", "scsi0": "l:a"}, "is not a Proxmox boot setting"),
+    ],
+    ids=["cloudinit-only", "empty-cdrom", "missing-bootdisk", "no-disk", "two-disks", "garbled"],
+)
+def test_a_config_without_a_boot_disk_says_why(config: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        boot_disk(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8G", 8 << 30),
+        ("2252M", 2252 << 20),
+        ("8388608K", 8 << 30),
+        ("2T", 2 << 40),
+        ("1.5G", 3 << 29),
+        ("4096", 4096),
+        ("8GB", None),
+        ("-1G", None),
+    ],
+)
+def test_disk_sizes(text: str, expected: int | None) -> None:
+    assert parse_disk_size(text) == expected
+
+
+def _template(vmid: int, node: str, disk: Drive | None, problem: str = "") -> Guest:
+    guest = Guest(vmid, "tpl", node, "qemu", 2, 2 << 30, template=True)
+    return replace(guest, boot_disk=disk, boot_problem=problem) if problem or disk else guest
+
+
+@dataclass(frozen=True)
+class BootCase:
+    """Templates a, b of one image, what the overrides add, and the bootDisk and warnings."""
+
+    disks: tuple[Guest, ...]
+    expected: dict[str, Any] | None
+    warnings: tuple[str, ...] = ()
+    boot_disk: str = ""
+
+
+BOOT_CASES = {
+    "agree": BootCase(
+        (_template(9000, "a", Drive("virtio0", 8 << 30)), _template(9001, "b", Drive("virtio0"))),
+        {"interface": "virtio0", "size": "8Gi"},
+    ),
+    "largest-rounded-up": BootCase(
+        (
+            _template(9000, "a", Drive("scsi0", 3 << 30)),
+            _template(9001, "b", Drive("scsi0", (3 << 30) + 1)),
+        ),
+        {"interface": "scsi0", "size": "4Gi"},
+        ("its templates' scsi0 disks differ in size (3Gi: 9000 on a; 4Gi: 9001 on b)",),
+    ),
+    "interfaces-differ": BootCase(
+        (_template(9000, "a", Drive("scsi0", 3 << 30)), _template(9001, "b", Drive("virtio0"))),
+        None,
+        ("images.img: its templates boot from different disks (scsi0: 9000 on a; virtio0: 9001",),
+    ),
+    "interfaces-differ-size-given": BootCase(
+        (_template(9000, "a", Drive("scsi0", 3 << 30)), _template(9001, "b", Drive("virtio0"))),
+        {"size": "8Gi"},
+        ("boot from different disks",),
+        "{size: 8Gi}",
+    ),
+    "one-unknown": BootCase(
+        (_template(9000, "a", Drive("virtio0", 8 << 30)), _template(9001, "b", None, "gone")),
+        {"interface": "virtio0", "size": "8Gi"},
+        ("images.img: boot disk of template 9001 on b unknown (gone)",),
+    ),
+    "all-unknown": BootCase(
+        (_template(9000, "a", None), _template(9001, "b", None)),
+        None,
+        (
+            "boot disk of template 9000 on a unknown (its configuration was not read)",
+            "images.img: no template's boot disk is known; bootDisk left out",
+        ),
+    ),
+    "all-unknown-given": BootCase(
+        (_template(9000, "a", None), _template(9001, "b", None)),
+        {"interface": "sata0", "size": 12884901888},
+        boot_disk="{interface: sata0, size: 12884901888}",
+    ),
+    "no-size": BootCase(
+        (_template(9000, "a", Drive("virtio0")),),
+        {"interface": "virtio0"},
+        ("no template states the size of its virtio0 disk",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BOOT_CASES.values(), ids=BOOT_CASES.keys())
+def test_boot_disk_rules(case: BootCase) -> None:
+    cluster = Cluster("8.3.0", (_node("a"), _node("b")), case.disks, ())
+    given = f", bootDisk: {case.boot_disk}" if case.boot_disk else ""
+    images = f"images:\n  img: {{os: nixos, templateName: tpl{given}}}\n"
+    overrides = load_overrides(f"vmids: {{start: 200, end: 299}}\n{images}", "case")
+
+    merged = build_inventory(cluster, overrides)
+
+    image = merged.inventory["images"]["img"]
+    assert image.get("bootDisk") == case.expected
+    for warning in case.warnings:
+        assert any(warning in w for w in merged.warnings), merged.warnings
+    if not case.warnings:
+        assert merged.warnings == ()
+    Inventory.model_validate(merged.inventory)

@@ -8,8 +8,8 @@ The pieces, in the order data flows through them:
 - `cli` is the `fabric-discover` command: flags, token handling, printing or applying.
 
 Discovery is "hybrid": the API is the source of facts it can know (nodes, capacity, storage,
-resource mappings, guests, templates); the overrides file adds what only a person knows
-(device classes, why a node is off limits, reserved memory, catalogs).
+resource mappings, guests, templates and the disks they boot from); the overrides file adds
+what only a person knows (device classes, why a node is off limits, reserved memory, catalogs).
 """
 
 from __future__ import annotations

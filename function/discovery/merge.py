@@ -11,6 +11,11 @@ The API is trusted for what it can know; the overrides add what only a person kn
 - **Unmanaged guests** are every VM and container that is not a template and not tagged
   `fabric`. Templates hold VMIDs too, so they go to `reservedVmids`; they enter the image
   catalog only where `images` in the overrides names them.
+- **An image's boot disk** (`bootDisk: {interface, size}`) comes from its templates'
+  configurations: the slot they agree on and the largest of their disks, rounded up to a GiB
+  (a clone can grow a disk, never shrink it). Templates that boot from different slots leave
+  `bootDisk` out with a warning: the catalog holds one per image, and the person decides.
+  `images.<name>.bootDisk` in the overrides sets either field; what it sets wins.
 - **Nodes** are kept whatever their state. A node is unschedulable for the first of: the
   overrides say so (their reason), it is offline (`offline`), it has no storage that accepts
   snippets (`no-snippets-datastore`: Fabric could not upload cloud-init there).
@@ -34,12 +39,13 @@ import yaml
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from function.discovery import DiscoveryError
-from function.discovery.proxmox import Cluster, Guest, MapEntry, Mapping, NodeInfo
+from function.discovery.proxmox import Cluster, Drive, Guest, MapEntry, Mapping, NodeInfo
 from function.errors import describe
 from function.model import (
     GIB,
     MIB,
     NAME,
+    BootDisk,
     DeviceClass,
     DnsLabel,
     Inventory,
@@ -133,6 +139,8 @@ class ImageOverride(Strict):
         default=None, alias="templateName", min_length=1, max_length=100
     )
     min_disk: Disk | None = Field(default=None, alias="minDisk")
+    # Checked by the inventory's own model; the fields it sets win over the templates' configs.
+    boot_disk: BootDisk | None = Field(default=None, alias="bootDisk")
 
     @model_validator(mode="after")
     def _one_way_to_find_templates(self) -> ImageOverride:
@@ -232,7 +240,7 @@ def build_inventory(cluster: Cluster, overrides: LoadedOverrides = EMPTY_OVERRID
         "nodes": nodes,
         "deviceClasses": _sorted(DEFAULT_DEVICE_CLASSES | raw.get("deviceClasses", {})),
     }
-    _optional(inventory, "images", _images(cluster, typed, notes))
+    _optional(inventory, "images", _images(cluster, typed, raw.get("images", {}), notes))
     _optional(inventory, "networks", _sorted(raw.get("networks", {})))
     _optional(inventory, "classes", _sorted(raw.get("classes", {})))
     inventory["vmids"] = raw.get("vmids") or _default_vmids(notes)
@@ -579,9 +587,12 @@ def _reserved(cluster: Cluster, overrides: Overrides) -> list[int]:
     return sorted(templates | set(overrides.reserved_vmids))
 
 
-def _images(cluster: Cluster, overrides: Overrides, notes: list[str]) -> dict[str, Any]:
+def _images(
+    cluster: Cluster, overrides: Overrides, written: dict[str, Any], notes: list[str]
+) -> dict[str, Any]:
     # Fabric clones VMs, so only VM templates can back an image.
     templates = [g for g in cluster.guests if g.template and g.kind == "qemu"]
+    by_place = {(t.node, t.vmid): t for t in templates}
     images: dict[str, Any] = {}
     for name, image in sorted(overrides.images.items()):
         if image.templates is not None:
@@ -592,6 +603,9 @@ def _images(cluster: Cluster, overrides: Overrides, notes: list[str]) -> dict[st
             notes.append(f"overrides images.{name}: no template found in the cluster; left out")
             continue
         entry: dict[str, Any] = {"os": image.os, "templates": _sorted(found)}
+        used = [by_place[place] for place in sorted(found.items())]
+        given = (written.get(name) or {}).get("bootDisk") or {}
+        _optional(entry, "bootDisk", _boot_disk(name, image.boot_disk, given, used, notes))
         _optional(entry, "minDisk", image.min_disk)
         images[name] = entry
     return images
@@ -627,3 +641,119 @@ def _named_templates(
                 f"{node} ({', '.join(map(str, sorted(vmids)))}); using {min(vmids)}"
             )
     return {node: min(vmids) for node, vmids in by_node.items()}
+
+
+# --- boot disks ----------------------------------------------------------------------------------
+
+Known = list[tuple[Guest, Drive]]
+
+
+def _where(templates: list[Guest]) -> str:
+    return ", ".join(f"{t.vmid} on {t.node}" for t in templates)
+
+
+def _gib(size_bytes: int) -> int:
+    return -(-size_bytes // GIB)  # rounded up: a claim may not ask for less than the disk
+
+
+def _boot_disk(
+    image: str,
+    override: BootDisk | None,
+    given: dict[str, Any],
+    templates: list[Guest],
+    notes: list[str],
+) -> dict[str, Any]:
+    """`bootDisk` for an image: the fields the overrides set, the rest from its templates."""
+    label = f"images.{image}"
+    fixed = override.model_fields_set if override is not None else set()
+    known = [(t, t.boot_disk) for t in templates if t.boot_disk is not None]
+    if fixed != {"interface", "size"}:
+        notes.extend(
+            f"{label}: boot disk of template {t.vmid} on {t.node} unknown ({t.boot_problem})"
+            for t in templates
+            if t.boot_disk is None
+        )
+    entry: dict[str, Any] = {}
+    slot: str | None
+    if override is not None and "interface" in fixed:
+        entry["interface"] = given["interface"]
+        slot = override.interface
+        _check_interface(label, slot, known, notes)
+    else:
+        slot = _agreed_slot(label, known, notes)
+        _optional(entry, "interface", slot)
+    if override is not None and "size" in fixed:
+        _optional(entry, "size", given["size"])
+        if slot is not None and override.size is not None:
+            _check_size(label, slot, override.size, known, notes)
+    elif slot is not None:
+        size = _largest(label, slot, known, notes)
+        _optional(entry, "size", f"{size}Gi" if size else None)
+    return entry
+
+
+def _agreed_slot(label: str, known: Known, notes: list[str]) -> str | None:
+    by_slot: defaultdict[str, list[Guest]] = defaultdict(list)
+    for template, disk in known:
+        by_slot[disk.slot].append(template)
+    if len(by_slot) == 1:
+        return next(iter(by_slot))
+    if not by_slot:
+        notes.append(
+            f"{label}: no template's boot disk is known; bootDisk left out, so Fabric assumes "
+            f"scsi0: set overrides {label}.bootDisk if the templates boot from another slot"
+        )
+        return None
+    spread = "; ".join(f"{slot}: {_where(by_slot[slot])}" for slot in sorted(by_slot))
+    notes.append(
+        f"{label}: its templates boot from different disks ({spread}); the catalog holds one "
+        f"boot disk per image, so bootDisk is left out (Fabric would assume scsi0): rebuild "
+        f"the templates alike or set overrides {label}.bootDisk.interface"
+    )
+    return None
+
+
+def _sizes(slot: str, known: Known) -> dict[int, list[Guest]]:
+    """Templates by the GiB (rounded up) of their boot disk in that slot, where it is stated."""
+    sizes: defaultdict[int, list[Guest]] = defaultdict(list)
+    for template, disk in known:
+        if disk.slot == slot and disk.size_bytes:
+            sizes[_gib(disk.size_bytes)].append(template)
+    return sizes
+
+
+def _largest(label: str, slot: str, known: Known, notes: list[str]) -> int | None:
+    sizes = _sizes(slot, known)
+    if not sizes:
+        notes.append(
+            f"{label}: no template states the size of its {slot} disk; bootDisk.size left "
+            f"out, so claims are not checked against it (set overrides {label}.bootDisk.size)"
+        )
+        return None
+    largest = max(sizes)
+    if len(sizes) > 1:
+        spread = "; ".join(f"{size}Gi: {_where(sizes[size])}" for size in sorted(sizes))
+        notes.append(
+            f"{label}: its templates' {slot} disks differ in size ({spread}); bootDisk.size is "
+            f"the largest, {largest}Gi, as a clone can grow a disk but never shrink it"
+        )
+    return largest
+
+
+def _check_interface(label: str, slot: str, known: Known, notes: list[str]) -> None:
+    other = [f"{t.vmid} on {t.node} boots from {d.slot}" for t, d in known if d.slot != slot]
+    if other:
+        notes.append(
+            f"overrides {label}.bootDisk.interface is {slot}, but template {'; '.join(other)}: "
+            f"its clones would boot from a new, empty {slot} disk"
+        )
+
+
+def _check_size(label: str, slot: str, size_gib: int, known: Known, notes: list[str]) -> None:
+    larger = [t for size, found in _sizes(slot, known).items() if size > size_gib for t in found]
+    if larger:
+        notes.append(
+            f"overrides {label}.bootDisk.size is {size_gib}Gi, smaller than the {slot} disk of "
+            f"template {_where(sorted(larger, key=lambda t: t.vmid))}: a claim between the two "
+            "would need that disk shrunk, which Proxmox refuses"
+        )

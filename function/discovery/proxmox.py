@@ -14,6 +14,9 @@ Facts about the API that shape this module:
 - `/nodes/{node}/hardware/*` needed `Sys.Modify` on `/` in some PVE 8 releases, more than an
   auditor token holds; hardware listings are therefore read only where a mapping needs them,
   and a 403 there degrades to the mapping's own data with a warning.
+- A template's boot disk is only in its configuration (`/nodes/{node}/qemu/{vmid}/config`), read
+  for VM templates alone and interpreted the way qemu-server does (`boot: order=...`, or the
+  legacy `boot: c` with `bootdisk: scsi0`); CD-ROM and cloud-init drives are not boot disks.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import requests
@@ -38,6 +41,17 @@ Kind = Literal["qemu", "lxc"]
 _UNREACHABLE = range(595, 600)
 _PROPERTY = re.compile(r'\s*([A-Za-z0-9_-]+)=("(?:[^"\\]|\\.)*"|[^,]*)\s*(?:,|$)')
 _CAUSE = re.compile(r"Caused by (.*)\)$")
+# Disk slots a VM can boot from: qemu-server's valid_drive_names_for_boot (no efidisk0, tpmstate0).
+_DISK_SLOT = re.compile(r"^(ide[0-3]|scsi([0-9]|[12][0-9]|30)|virtio([0-9]|1[0-5])|sata[0-5])$")
+# Cloud-init drives, as qemu-server's drive_is_cloudinit sees them: `local-lvm:vm-9000-cloudinit`,
+# `local:9000/vm-9000-cloudinit.qcow2`.
+_CLOUDINIT = re.compile(r"[:/](?:vm-\d+-)?cloudinit(?:\.(?:raw|qcow2|vmdk))?$")
+# pve-common's parse_size: a disk size such as 8G, 2252M, 1.5T, 8388608K or plain bytes.
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])?$")
+_SIZE_UNITS = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# qemu-server's valid_drive_names order, which it also uses to pick a disk when nothing says.
+_SLOT_ORDER = {"ide": 0, "scsi": 1, "virtio": 2, "sata": 3}
+_CONFIG_NOT_READ = "its configuration was not read"
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -124,8 +138,20 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
+class Drive:
+    """A VM template's boot disk: its slot (`virtio0`) and size, when the config states one."""
+
+    slot: str
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class Guest:
-    """A VM or container, template or not."""
+    """A VM or container, template or not.
+
+    For VM templates, `boot_disk` is read from the configuration; when it is None,
+    `boot_problem` says why (the node is offline, the token may not read it, no disk boots).
+    """
 
     vmid: int
     name: str
@@ -135,6 +161,8 @@ class Guest:
     memory_bytes: int
     tags: frozenset[str] = frozenset()
     template: bool = False
+    boot_disk: Drive | None = None
+    boot_problem: str = _CONFIG_NOT_READ
 
 
 @dataclass(frozen=True)
@@ -332,6 +360,87 @@ def parse_property_string(text: str) -> dict[str, str]:
     return values
 
 
+def _with_default_key(text: str, default_key: str) -> dict[str, str]:
+    """Parse a property string whose first value may come without its key (`local:iso/x,...`)."""
+    head, _, rest = text.partition(",")
+    if "=" in head:
+        return parse_property_string(text)
+    values = parse_property_string(rest)
+    values[default_key] = head.strip()
+    return values
+
+
+def parse_disk_size(text: str) -> int | None:
+    """Bytes of a drive's `size=` (`8G`, `2252M`, `1.5T`, `8388608K`, bytes); None if invalid."""
+    match = _SIZE.match(text.strip())
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def _bootable(slot: str, config: dict[str, Any]) -> tuple[bool, int | None]:
+    """Whether a slot holds a disk to boot from (no CD-ROM, no cloud-init), and its size."""
+    text = config.get(slot)
+    if not _DISK_SLOT.match(slot) or not isinstance(text, str) or not text:
+        return False, None
+    try:
+        drive = _with_default_key(text, "file")
+    except ValueError:
+        return False, None
+    volume = drive.get("file") or drive.get("volume") or ""
+    if drive.get("media") == "cdrom" or _CLOUDINIT.search(volume):
+        return False, None
+    size = drive.get("size")
+    return True, (parse_disk_size(size) or None) if size else None
+
+
+def _slot_order(slot: str) -> tuple[int, int]:
+    bus = slot.rstrip("0123456789")  # only called on slots that match _DISK_SLOT
+    return _SLOT_ORDER[bus], int(slot[len(bus) :])
+
+
+def boot_disk(config: dict[str, Any]) -> Drive:
+    """The disk a VM boots from, by its configuration, the way qemu-server reads it.
+
+    `boot: order=virtio0;ide2;net0` lists devices: the first that is a disk (not a CD-ROM or
+    cloud-init drive, not a NIC or passed-through device) boots. Older configurations say
+    `boot: c` or `cdn` (or no `boot`) with `bootdisk: scsi0`; with neither `order` nor
+    `bootdisk`, a VM with a single disk boots from it.
+
+    Raises:
+        ValueError: no disk boots, or which one does is ambiguous; the message says why.
+    """
+    boot = config.get("boot")
+    try:
+        settings = _with_default_key(str(boot), "legacy") if boot else {}
+    except ValueError:
+        msg = f"boot {boot!r} is not a Proxmox boot setting"
+        raise ValueError(msg) from None
+    order = settings.get("order")
+    if order is not None and not settings.get("legacy"):
+        for slot in re.split(r"[;\s]+", order.strip()):
+            bootable, size = _bootable(slot, config)
+            if bootable:
+                return Drive(slot, size)
+        msg = f"boot order={order} names no disk (only CD-ROM, cloud-init or network devices)"
+        raise ValueError(msg)
+    named = config.get("bootdisk")
+    if named:
+        bootable, size = _bootable(str(named), config)
+        if bootable:
+            return Drive(str(named), size)
+        msg = f"bootdisk {named} is not a disk of this VM"
+        raise ValueError(msg)
+    disks = sorted((slot for slot in config if _bootable(slot, config)[0]), key=_slot_order)
+    if len(disks) == 1:
+        return Drive(disks[0], _bootable(disks[0], config)[1])
+    if not disks:
+        msg = "the VM has no disk"
+        raise ValueError(msg)
+    msg = f"neither boot order nor bootdisk chooses among its disks ({', '.join(disks)})"
+    raise ValueError(msg)
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 
@@ -427,7 +536,26 @@ def _read_node(
         for kind in ("qemu", "lxc")
         for entry in _items(api.get(f"{base}/{kind}"), f"{base}/{kind}")
     ]
-    return node, guests
+    return node, [_read_boot_disk(api, g) if _is_vm_template(g) else g for g in guests]
+
+
+def _is_vm_template(guest: Guest) -> bool:
+    return guest.template and guest.kind == "qemu"
+
+
+def _read_boot_disk(api: Api, guest: Guest) -> Guest:
+    """Read a VM template's configuration for its boot disk; a 403 leaves it unknown."""
+    path = f"/nodes/{guest.node}/qemu/{guest.vmid}/config"
+    try:
+        config = _object(api.get(path), path)
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return replace(guest, boot_problem=str(exc))
+    try:
+        return replace(guest, boot_disk=boot_disk(config), boot_problem="")
+    except ValueError as exc:
+        return replace(guest, boot_problem=f"GET {path}: {exc}")
 
 
 def _offline_node(name: str, item: dict[str, Any], resources: list[dict[str, Any]]) -> NodeInfo:
@@ -529,8 +657,10 @@ def _guest(item: dict[str, Any], node: str, kind: Kind, path: str) -> Guest:
 
 def _resource_guests(node: str, resources: list[dict[str, Any]]) -> list[Guest]:
     kinds: dict[str, Kind] = {"qemu": "qemu", "lxc": "lxc"}
-    return [
+    guests = [
         _guest(item, node, kinds[str(item.get("type"))], "/cluster/resources")
         for item in resources
         if item.get("type") in kinds and item.get("node") == node
     ]
+    offline = f"{node} is offline, {_CONFIG_NOT_READ}"
+    return [replace(g, boot_problem=offline) if _is_vm_template(g) else g for g in guests]
