@@ -7,9 +7,11 @@ address, so two reconciles that see the same fleet hand out the same values.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 
+from function import reservations
 from function.model import Inventory, Network, Node
 
 
@@ -71,6 +73,16 @@ class Ledger:
             for address in net.reserved:
                 ledger.address_holder[address] = "reserved in the inventory"
         return ledger
+
+    def hold_thing(self, kind: str, value: str, holder: str) -> None:
+        """Hold a VMID, an IPv4 address or a device mapping for a machine (its Reservation)."""
+        if kind == reservations.VMID and value.isdigit():
+            self.vmid_holder.setdefault(int(value), holder)
+        elif kind == reservations.IPV4:
+            with contextlib.suppress(ValueError):
+                self.address_holder.setdefault(ipaddress.IPv4Address(value), holder)
+        elif kind == reservations.DEVICE:
+            self.device_holder.setdefault(value, holder)
 
     def take_node(self, node: str, cpu: int, memory_mib: int) -> None:
         """Count a machine's size against a node (unknown nodes are kept as they are)."""

@@ -10,7 +10,7 @@ import grpc
 import pydantic
 from crossplane.function import logging, resource, response
 
-from function import fleet, pipeline, requirements, status, workspace
+from function import fleet, pipeline, requirements, reservations, status, workspace
 from function.errors import canonical, describe
 from function.model import FunctionInput
 
@@ -60,6 +60,31 @@ def _observed_workspace(req: fnv1.RunFunctionRequest) -> dict[str, Any] | None:
     return None
 
 
+def _observed_reservations(req: fnv1.RunFunctionRequest) -> dict[str, dict[str, Any]]:
+    return {
+        name: requirements.to_plain(observed.resource)
+        for name, observed in sorted(req.observed.resources.items())
+        if name.startswith(reservations.PREFIX)
+    }
+
+
+def _hold_observed(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse) -> None:
+    """Desire exactly what is observed: the Workspace and the Reservations, as they are.
+
+    Crossplane deletes an observed composed resource the response leaves out, so whatever
+    this call cannot decide about it keeps unchanged: the VM, and what it holds.
+    """
+    rsp.desired.ClearField("resources")
+    observed = _observed_workspace(req)
+    if observed is not None:
+        resource.update(
+            rsp.desired.resources[workspace.RESOURCE_NAME], workspace.held_copy(observed)
+        )
+    for name, body in _observed_reservations(req).items():
+        resource.update(rsp.desired.resources[name], workspace.held_copy(body))
+        rsp.desired.resources[name].ready = fnv1.READY_TRUE
+
+
 def _internal_error(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, what: str) -> None:
     """Hold the observed Workspace if there is one; otherwise fail without touching anything."""
     del rsp.results[:]
@@ -68,8 +93,7 @@ def _internal_error(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse,
     if observed is None:
         response.fatal(rsp, message)
         return
-    rsp.desired.resources[workspace.RESOURCE_NAME].resource.Clear()
-    resource.update(rsp.desired.resources[workspace.RESOURCE_NAME], workspace.held_copy(observed))
+    _hold_observed(req, rsp)
     rsp.results.append(
         fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=message, target=status.TARGET)
     )
@@ -111,6 +135,7 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
     if fleet_answer is not None and len(fleet_answer.items) > MAX_FLEET:
         _refuse(req, rsp, f"fleet has {len(fleet_answer.items)} machines; the limit is {MAX_FLEET}")
         return
+    held = requirements.answer(req, requirements.RESERVATIONS)
     request = pipeline.Request(
         xr=requirements.to_plain(req.observed.composite.resource),
         observed_ws=_observed_workspace(req),
@@ -118,6 +143,10 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
         inventory=requirements.answer(req, requirements.INVENTORY),
         # Records hold only what the fleet is built from, read once per distinct content.
         fleet=None if fleet_answer is None else fleet.records(fleet_answer),
+        reservations=(
+            reservations.Table.of(requirements.to_dicts(held.items or [])) if held.arrived else None
+        ),
+        own_reservations=_observed_reservations(req),
     )
     decision = pipeline.decide(request)
     _respond(rsp, request, decision)
@@ -135,7 +164,7 @@ def _refuse(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, message
     if observed is None:
         response.fatal(rsp, message)
         return
-    resource.update(rsp.desired.resources[workspace.RESOURCE_NAME], workspace.held_copy(observed))
+    _hold_observed(req, rsp)
     rsp.results.append(
         fnv1.Result(
             severity=fnv1.SEVERITY_WARNING,
@@ -156,6 +185,9 @@ def _respond(
         desired.ready = fnv1.READY_TRUE if decision.ready else fnv1.READY_FALSE
         notes = (decision.desired_ws.get("metadata") or {}).get("annotations") or {}
         ws_name = notes.get(workspace.EXTERNAL_NAME, "")
+    for name, body in decision.desired_reservations.items():
+        resource.update(rsp.desired.resources[name], body)
+        rsp.desired.resources[name].ready = fnv1.READY_TRUE
     xr_status = status.xr_status(report, decision.inventory, request.observed_ws, ws_name)
     resource.update(rsp.desired.composite, {"status": xr_status})
     rsp.desired.composite.ready = fnv1.READY_TRUE if decision.ready else fnv1.READY_FALSE

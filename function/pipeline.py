@@ -9,6 +9,7 @@ bug (DESIGN §6.1).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import re
@@ -17,7 +18,7 @@ from typing import Any
 
 import pydantic
 
-from function import fleet, render, status, workspace, yamlio
+from function import fleet, render, reservations, status, workspace, yamlio
 from function.demand import Demand, check_secret_namespaces, resolve
 from function.errors import FabricError, canonical, describe
 from function.model import DNS_LABEL, FunctionInput, Inventory, MachineSpec, intent
@@ -40,6 +41,15 @@ class Request:
     fn_input: FunctionInput
     inventory: Answer
     fleet: fleet.Fleet | None  # None until Crossplane answers
+    # Every Reservation in the cluster (None until Crossplane answers), and this machine's
+    # own observed ones by composed resource name.
+    reservations: reservations.Table | None = None
+    own_reservations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def reserves(self) -> bool:
+        """Whether this machine allocates through Reservations: cluster-scoped XRs only."""
+        return not fleet.obj(self.xr.get("metadata")).get("namespace")
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Decision:
 
     report: status.Report
     desired_ws: dict[str, Any] | None = None
+    desired_reservations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     ready: bool = False
     ttl: dt.timedelta = WAIT
     inventory: Inventory | None = None
@@ -156,7 +167,13 @@ def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
 # --- placement --------------------------------------------------------------------------------
 
 
-def _me(xr: dict[str, Any], observed_ws: dict[str, Any] | None, spec: MachineSpec) -> fleet.Member:
+def _me(
+    xr: dict[str, Any],
+    observed_ws: dict[str, Any] | None,
+    spec: MachineSpec,
+    table: reservations.Table | None = None,
+    own: dict[str, dict[str, Any]] | None = None,
+) -> fleet.Member:
     if observed_ws is not None:
         # The Workspace is where the VM is; only its own record says where. A status can be
         # stale or edited, and rendering from it could move or replace the VM: without a
@@ -166,7 +183,7 @@ def _me(xr: dict[str, Any], observed_ws: dict[str, Any] | None, spec: MachineSpe
             msg = "the observed Workspace carries no Fabric placement; it is held unchanged"
             raise Hold(phase="Held", reason="UnexpectedWorkspace", message=msg)
     else:
-        held = fleet.held_from_status(fleet.obj(xr.get("status")))
+        held = _attempt(xr, table, own or {})
     meta = fleet.obj(xr.get("metadata"))
     return fleet.Member(
         key=fleet.machine_key(xr),
@@ -174,6 +191,26 @@ def _me(xr: dict[str, Any], observed_ws: dict[str, Any] | None, spec: MachineSpe
         spec=spec,
         held=held,
     )
+
+
+def _attempt(
+    xr: dict[str, Any],
+    table: reservations.Table | None,
+    own: dict[str, dict[str, Any]],
+) -> fleet.Held | None:
+    """The placement a machine without a Workspace is trying to hold, if it may keep trying.
+
+    Its own observed Reservations say it best; else its status (the last attempt, perhaps not
+    applied yet). An attempt of which the table shows any part held by another machine is
+    dropped: that machine's apply landed first, so this one places again around it.
+    """
+    key = fleet.machine_key(xr)
+    attempt = reservations.Table.of(list(own.values())).placements.get(key)
+    if attempt is None:
+        attempt = fleet.held_from_status(fleet.obj(xr.get("status")))
+    if attempt is not None and table is not None and table.taken_from(key, attempt):
+        return None
+    return attempt
 
 
 def drift(spec: MachineSpec, demand: Demand, placement: Placement) -> list[str]:
@@ -208,9 +245,26 @@ def _place(req: Request, spec: MachineSpec, demand: Demand, inv: Inventory) -> O
     if req.fleet is None:
         msg = "waiting for Crossplane to list the fleet"
         raise Hold(phase="Pending", reason="WaitingForFleet", message=msg)
-    me = _me(req.xr, req.observed_ws, spec)
+    if req.reserves and req.reservations is None:
+        msg = "waiting for Crossplane to list the reservations"
+        raise Hold(phase="Pending", reason="WaitingForReservations", message=msg)
+    me = _me(req.xr, req.observed_ws, spec, req.reservations, req.own_reservations)
     members = fleet.build(req.fleet, me)
-    return assign(inv, req.fn_input.defaults, members, me, demand)
+    taken: dict[reservations.Thing, str] = {}
+    if req.reservations is not None:
+        # What the table shows placed counts as placed, whatever the members' statuses say
+        # yet; and nobody is given what another machine holds.
+        table = req.reservations
+        members = [
+            m if m.held is not None or m.key == me.key else _confirmed(m, table) for m in members
+        ]
+        taken = {t: k for t, k in table.holder.items() if k != me.key}
+    return assign(inv, req.fn_input.defaults, members, me, demand, reserved=taken)
+
+
+def _confirmed(member: fleet.Member, table: reservations.Table) -> fleet.Member:
+    held = table.confirmed(member.key)
+    return member if held is None else dataclasses.replace(member, held=held)
 
 
 def _resolve(
@@ -296,8 +350,34 @@ def _placed(
         alt = f" (also fitted: {', '.join(others)})" if others else ""
         report.notice(f"placed on {where}{alt}")
     report.phase = "Scheduled"
+    if req.reserves and _reserving(decision, req, subject.machine.key, placement.held()):
+        return
     decision.ready = status.provisioning(report, req.observed_ws, req.xr)
     decision.ttl = STEADY if decision.ready else PROVISIONING
+
+
+def _reserving(decision: Decision, req: Request, key: str, held: fleet.Held) -> bool:
+    """Reserve what the placement holds; True while the Workspace must wait for it."""
+    decision.desired_reservations = reservations.manifests(key, held)
+    if req.observed_ws is not None:
+        # Made before reservations existed, or raced then: the VM stays; say what clashes.
+        for thing in req.reservations.taken_from(key, held) if req.reservations else []:
+            holder = req.reservations.holder[thing] if req.reservations else ""
+            decision.report.warn(
+                f"{thing.kind} {thing.value} is reserved by {holder} as well; this machine keeps "
+                "it, but one of the two must be re-created"
+            )
+        return False
+    if reservations.all_observed(held, req.own_reservations):
+        return False
+    # The compare-and-swap: the Workspace follows once every Reservation is this machine's.
+    decision.desired_ws = None
+    what = ", ".join(f"{t.kind} {t.value}" for t in reservations.things(held))
+    decision.report.condition(
+        "Provisioned", "False", "Reserving", f"reserving {what}; the Workspace follows"
+    )
+    decision.ttl = WAIT
+    return True
 
 
 def _held(decision: Decision, req: Request, hold: Hold) -> None:
@@ -309,6 +389,9 @@ def _held(decision: Decision, req: Request, hold: Hold) -> None:
         held = fleet.held_from_workspace(req.observed_ws)
         if held is not None:
             report.placement = Placement.of_held(held)
+            if req.reserves:
+                key = machine_of(req.xr).key
+                decision.desired_reservations = reservations.manifests(key, held)
         report.condition("Valid", "False", hold.reason, f"held as it is: {hold.message}")
         report.warn(f"the machine is held as it is: {hold.message}")
         decision.ready = status.provisioning(report, req.observed_ws, req.xr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from function.allocate import Ledger, NodeUse
@@ -18,6 +19,7 @@ from function.demand import Demand, resolve
 from function.errors import FabricError
 from function.fleet import Held, Member
 from function.model import Defaults, Inventory
+from function.reservations import Thing
 from function.scheduler import explain, schedule
 
 
@@ -156,15 +158,26 @@ def _place(ledger: Ledger, key: str, demand: Demand) -> Outcome:
 
 
 def assign(
-    inv: Inventory, defaults: Defaults, fleet: list[Member], me: Member, my_demand: Demand
+    inv: Inventory,
+    defaults: Defaults,
+    fleet: list[Member],
+    me: Member,
+    my_demand: Demand,
+    *,
+    reserved: Mapping[Thing, str] | None = None,
 ) -> Outcome:
-    """Place the fleet in global order and return this machine's outcome."""
+    """Place the fleet in global order and return this machine's outcome.
+
+    `reserved`: what other machines hold by Reservation (reservations.py); nobody is given it.
+    """
     if me.held is not None:
         # Sticky: a placed machine keeps its placement whatever the rest of the fleet holds,
         # so its outcome needs no ledger. Building one from every other member anyway was
         # most of a steady-state call with a large fleet.
         return Outcome(Placement.of_held(me.held))
     ledger = Ledger.from_inventory(inv)
+    for thing, holder in (reserved or {}).items():
+        ledger.hold_thing(thing.kind, thing.value, holder)
     demands = _Demands(inv, defaults)
     held = sorted((m for m in fleet if m.held is not None), key=lambda m: m.order)
     for member in held:

@@ -22,8 +22,12 @@ from function.model import InventorySource
 
 INVENTORY = "inventory"
 FLEET = "fleet"
+RESERVATIONS = "reservations"
 XR_API_VERSION = "fabric.homelab.io/v1alpha1"
 XR_KIND = "XMachine"
+# The Reservations every machine composes and reads (reservations.py).
+RESERVATION_API_VERSION = "fabric.homelab.io/v1alpha1"
+RESERVATION_KIND = "Reservation"
 
 
 def _selectors(source: InventorySource) -> dict[str, fnv1.ResourceSelector]:
@@ -37,7 +41,10 @@ def _selectors(source: InventorySource) -> dict[str, fnv1.ResourceSelector]:
     # An empty label selector matches every XMachine (in every namespace).
     fleet = fnv1.ResourceSelector(api_version=XR_API_VERSION, kind=XR_KIND)
     fleet.match_labels.SetInParent()
-    return {INVENTORY: inventory, FLEET: fleet}
+    # Every Reservation (cluster-scoped; reservations.py), likewise by an empty selector.
+    held = fnv1.ResourceSelector(api_version=RESERVATION_API_VERSION, kind=RESERVATION_KIND)
+    held.match_labels.SetInParent()
+    return {INVENTORY: inventory, FLEET: fleet, RESERVATIONS: held}
 
 
 def declare(rsp: fnv1.RunFunctionResponse, source: InventorySource) -> None:

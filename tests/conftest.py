@@ -52,7 +52,24 @@ def require_reference(path: Path) -> Path:
     return path
 
 
-_RENDERED: dict[tuple[str, str, str], xpsim.Rendered] = {}
+_RENDERED: dict[tuple[str, str, str], tuple[xpsim.Rendered, xpsim.Rendered]] = {}
+
+
+def real_renders(
+    cli: realtools.CrossplaneCLI,
+    example: Path,
+    address: str,
+    composition: Path = crossplane_cli.COMPOSITION,
+) -> tuple[xpsim.Rendered, xpsim.Rendered]:
+    """The real CLI's two passes over a new machine (reserve, then compose), once a session."""
+    key = (cli.name, str(example), str(composition))
+    if key not in _RENDERED:
+        binary = require_tool(cli.name)
+        resources = crossplane_cli.fleet_and_inventory()
+        _RENDERED[key] = crossplane_cli.render_settled(
+            cli, binary, example, address, resources, composition=composition
+        )
+    return _RENDERED[key]
 
 
 def real_render(
@@ -61,15 +78,8 @@ def real_render(
     address: str,
     composition: Path = crossplane_cli.COMPOSITION,
 ) -> xpsim.Rendered:
-    """The real CLI's render of one XR with the example inventory and fleet, once a session."""
-    key = (cli.name, str(example), str(composition))
-    if key not in _RENDERED:
-        binary = require_tool(cli.name)
-        resources = crossplane_cli.fleet_and_inventory()
-        _RENDERED[key] = crossplane_cli.render(
-            cli, binary, example, address, resources, composition=composition
-        )
-    return _RENDERED[key]
+    """What the real CLI renders for a machine whose Reservations exist: its Workspace."""
+    return real_renders(cli, example, address, composition)[1]
 
 
 @pytest.fixture(scope="session")
@@ -175,16 +185,19 @@ def reconcile(
     v2: bool = False,
     inp: dict[str, Any] | None = None,
 ) -> fnv1.RunFunctionResponse:
-    """Reconcile one XR like Crossplane: requirement rounds until stable."""
+    """Reconcile one XR like Crossplane: requirement rounds, then reconciles until it settles
+    (a new machine reserves first, and gets its Workspace once its Reservations exist)."""
     objects = [inventory_cm(), machine] if cluster is None else [*cluster]
     if machine not in objects:
         objects.append(machine)
-    req = xpsim.request(
+    return xpsim.settle(
+        call,
         machine,
         fn_input() if inp is None else inp,
+        objects,
         {"workspace": observed} if observed else None,
+        v2=v2,
     )
-    return xpsim.converge(call, req, xpsim.Cluster(objects), v2=v2)
 
 
 def desired_ws(rsp: fnv1.RunFunctionResponse) -> dict[str, Any] | None:

@@ -182,6 +182,7 @@ UNANSWERED = [
     ("fleet, 1.x", {"fleet"}, False, "WaitingForFleet"),
     ("fleet, 2.x", {"fleet"}, True, "WaitingForFleet"),
     ("inventory, 2.x", {"inventory"}, True, "WaitingForInventory"),
+    ("reservations, 1.x", {"reservations"}, False, "WaitingForReservations"),
 ]
 
 
@@ -201,8 +202,8 @@ def test_unanswered_requirement_places_nothing_and_is_not_fatal(call, case, unan
     assert scheduled is not None
     assert scheduled.reason == reason
     assert rsp.desired.composite.ready == fnv1.READY_FALSE
-    # The function asked for both again: Crossplane will answer on a later reconcile.
-    assert set(rsp.requirements.extra_resources) == {"inventory", "fleet"}
+    # The function asked for all again: Crossplane will answer on a later reconcile.
+    assert set(rsp.requirements.extra_resources) == {"inventory", "fleet", "reservations"}
 
 
 @pytest.mark.parametrize(

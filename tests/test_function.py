@@ -63,8 +63,8 @@ def test_pinned_claim_lands_on_its_node(call, v2):
 def test_both_requirement_fields_are_declared_identically(call):
     rsp = reconcile(call, xr("web", basic_spec()))
     reqs = rsp.requirements
-    assert set(reqs.extra_resources) == {"inventory", "fleet"}
-    for name in ("inventory", "fleet"):
+    assert set(reqs.extra_resources) == {"inventory", "fleet", "reservations"}
+    for name in ("inventory", "fleet", "reservations"):
         assert reqs.extra_resources[name] == reqs.resources[name]
     inv = reqs.extra_resources["inventory"]
     assert inv.kind == "ConfigMap"

@@ -320,8 +320,8 @@ def test_debug_logs_carry_no_user_data_and_no_secret_references(tmp_path):
     cluster = xpsim.Cluster([cm, good, bad, secret])
     with _process("--insecure", "--debug", logs=tmp_path / "function.log") as (address, logs):
         call = xpsim.stub(address)
-        rsp = xpsim.converge(call, xpsim.request(good, fn_input()), cluster)
-        rejected = xpsim.converge(call, xpsim.request(bad, fn_input()), cluster)
+        rsp = xpsim.settle(call, good, fn_input(), cluster.objects)
+        rejected = xpsim.settle(call, bad, fn_input(), cluster.objects)
     # The strings reached the function and its output, so their absence from the logs means
     # something.
     module = desired_ws(rsp)["spec"]["forProvider"]["module"]

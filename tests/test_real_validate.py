@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import require_reference, require_tool
+from tests.conftest import real_render, require_reference, require_tool
 from tools import crossplane_cli, realtools, xpsim
 
 ROOT = realtools.ROOT
@@ -104,22 +104,14 @@ def test_rendered_workspaces_against_provider_terraform(tmp_path, address):
     # Every Workspace the real 2.0 CLI rendered, cluster-scoped from the legacy examples and
     # namespaced (tf.m) from their v2 twins, against the real provider-terraform CRDs.
     cli = next(c for c in realtools.CLIS if c.name == VALIDATOR)
-    binary = require_tool(cli.name)
-    resources = crossplane_cli.fleet_and_inventory()
     workspaces = []
     for path in EXAMPLE_XRS:
-        out = crossplane_cli.render(cli, binary, path, address, resources)
         twin = tmp_path / f"{path.stem}-v2.yaml"
         twin.write_text(yaml.safe_dump(crossplane_cli.namespaced_twin(xpsim.load_yaml(path))))
-        out_v2 = crossplane_cli.render(
-            cli,
-            binary,
-            twin,
-            address,
-            resources,
-            composition=ROOT / "compositions" / "v2" / "composition.yaml",
-        )
-        workspaces += [out.workspace(), out_v2.workspace()]
+        workspaces += [
+            real_render(cli, path, address).workspace(),
+            real_render(cli, twin, address, crossplane_cli.COMPOSITION_V2).workspace(),
+        ]
     assert all(workspaces), "every example renders a Workspace"
     assert {w["apiVersion"] for w in workspaces} == {
         "tf.upbound.io/v1beta1",
@@ -131,3 +123,17 @@ def test_rendered_workspaces_against_provider_terraform(tmp_path, address):
     ]
     report = validate(crds, write(tmp_path / "ws", workspaces))
     assert report.count("Kind=Workspace") == 2 * len(EXAMPLE_XRS)
+
+
+def test_rendered_reservations_against_their_crd(tmp_path, address):
+    # What the real 2.0 CLI renders for every example is valid against the CRD users install.
+    cli = next(c for c in realtools.CLIS if c.name == VALIDATOR)
+    held = [
+        c
+        for path in EXAMPLE_XRS
+        for c in real_render(cli, path, address).composed
+        if c["kind"] == "Reservation"
+    ]
+    assert {c["spec"]["resource"] for c in held} == {"vmid", "ipv4", "device"}
+    report = validate([ROOT / "cluster" / "reservations.yaml"], write(tmp_path, held))
+    assert report.count("Kind=Reservation") == len(held)

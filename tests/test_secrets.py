@@ -73,10 +73,10 @@ def test_no_secret_value_in_workspace_status_events_or_logs(debug_server):
         for value in (TOKEN, URL):
             assert value.encode() not in wire
             assert base64.b64encode(value.encode()) not in wire
-    # The function never even asks for Secrets: only the inventory and the fleet.
+    # The function never even asks for Secrets: only the inventory, the fleet, the Reservations.
     for rsp in (first, second):
         kinds = {sel.kind for sel in rsp.requirements.resources.values()}
-        assert kinds == {"ConfigMap", "XMachine"}
+        assert kinds == {"ConfigMap", "XMachine", "Reservation"}
     text = log.read_text()
     assert "reconciled" in text  # the log is there, and it is clean
     for value in (TOKEN, URL):

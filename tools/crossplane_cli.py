@@ -60,8 +60,13 @@ def render(
     resources: Iterable[dict[str, Any]],
     *,
     composition: Path = COMPOSITION,
+    observed: list[dict[str, Any]] | None = None,
 ) -> xpsim.Rendered:
-    """Render one XR with the real CLI against the function at `address`."""
+    """Render one XR with the real CLI against the function at `address`.
+
+    `observed`: composed resources that already exist (`--observed-resources`), each with the
+    `crossplane.io/composition-resource-name` annotation, as render prints them.
+    """
     with tempfile.TemporaryDirectory(prefix="fabric-render-") as tmp:
         work = Path(tmp)
         cmd = [
@@ -73,6 +78,8 @@ def render(
             f"{cli.resources_flag}={resources_dir(resources, work / 'resources')}",
             "--include-function-results",
         ]
+        if observed:
+            cmd.append(f"--observed-resources={resources_dir(observed, work / 'observed')}")
         done = subprocess.run(  # noqa: S603 - our own tool cache and files
             cmd, capture_output=True, text=True, timeout=TIMEOUT, check=False, cwd=ROOT
         )
@@ -121,3 +128,28 @@ def namespaced_twin(xr: dict[str, Any]) -> dict[str, Any]:
     twin["spec"].pop("claimRef")
     twin["spec"]["crossplane"] = {"compositionRef": twin["spec"].pop("compositionRef")}
     return twin
+
+
+def render_settled(
+    cli: CrossplaneCLI,
+    binary: Path,
+    xr: Path,
+    address: str,
+    resources: list[dict[str, Any]],
+    *,
+    composition: Path = COMPOSITION,
+) -> tuple[xpsim.Rendered, xpsim.Rendered]:
+    """Render a new machine as a user does: a first pass that only reserves, then a second.
+
+    The second pass is given the first's Reservations as observed resources (they exist once
+    Crossplane applied them) and in the required resources (the cluster's table lists them).
+    Returns both passes.
+    """
+    first = render(cli, binary, xr, address, resources, composition=composition)
+    held = [c for c in first.composed if c.get("kind") == "Reservation"]
+    if not held:
+        return first, first
+    second = render(
+        cli, binary, xr, address, [*resources, *held], composition=composition, observed=held
+    )
+    return first, second

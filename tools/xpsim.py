@@ -32,6 +32,8 @@ from crossplane.function import resource
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_CALLS = 5
+# The composed resource names of Reservations (function/reservations.py PREFIX).
+RESERVATION_PREFIX = "reservation-"
 
 
 def load_yaml(path: Path | str) -> dict[str, Any]:
@@ -189,7 +191,7 @@ def rendered(
     return Rendered(
         xr=_rendered_xr(xr, rsp, version=version),
         composed=[
-            _rendered_composed(xr, name, rsp.desired.resources[name])
+            _rendered_composed(xr, name, rsp.desired.resources[name], version=version)
             for name in sorted(rsp.desired.resources)
         ],
         results=[
@@ -237,11 +239,20 @@ def _rendered_xr(
     return out
 
 
-def _rendered_composed(xr: dict[str, Any], name: str, desired: fnv1.Resource) -> dict[str, Any]:
+def _rendered_composed(
+    xr: dict[str, Any], name: str, desired: fnv1.Resource, *, version: tuple[int, int]
+) -> dict[str, Any]:
     out = resource.struct_to_dict(desired.resource)
     meta = out.setdefault("metadata", {})
     labels = xr["metadata"].get("labels") or {}
-    prefix = labels.get("crossplane.io/composite") or xr["metadata"]["name"]
+    if version < (2, 0):
+        # 1.x: generateName and the composite label from the XR's name, whatever is set;
+        # claim labels from the claimRef alone.
+        labels = {}
+        prefix = xr["metadata"]["name"]
+        meta["generateName"] = f"{prefix}-"
+    else:
+        prefix = labels.get("crossplane.io/composite") or xr["metadata"]["name"]
     if not meta.get("name") and not meta.get("generateName"):
         meta["generateName"] = f"{prefix}-"
     if xr["metadata"].get("namespace"):
@@ -267,6 +278,51 @@ def _rendered_composed(xr: dict[str, Any], name: str, desired: fnv1.Resource) ->
         }
     ]
     return out
+
+
+def composed(rsp: fnv1.RunFunctionResponse, prefix: str) -> dict[str, dict[str, Any]]:
+    """Desired composed resources whose names start with `prefix`, as plain data."""
+    return {
+        name: resource.struct_to_dict(rsp.desired.resources[name].resource)
+        for name in sorted(rsp.desired.resources)
+        if name.startswith(prefix)
+    }
+
+
+def settle(
+    call: Any,
+    xr: dict[str, Any],
+    fn_input: dict[str, Any] | None,
+    objects: list[dict[str, Any]],
+    observed: dict[str, dict[str, Any]] | None = None,
+    *,
+    v2: bool = False,
+    rounds: int = 3,
+) -> fnv1.RunFunctionResponse:
+    """Reconcile one XR as Crossplane's controller does, alone in the cluster, until it settles.
+
+    Each round: the requirement calls (converge); then Crossplane applies what the response
+    desires. Reservations it applies are observed by the next round and listed in the cluster
+    (nobody else holds them here: contention is modelled by the churn tests); the rounds stop
+    once nothing new was applied.
+    """
+    seen = dict(observed or {})
+    cluster = list(objects)
+    rsp = fnv1.RunFunctionResponse()
+    for _ in range(rounds):
+        rsp = converge(call, request(xr, fn_input, seen), Cluster(cluster), v2=v2)
+        if any(r.severity == fnv1.SEVERITY_FATAL for r in rsp.results):
+            return rsp
+        fresh = {
+            name: body
+            for name, body in composed(rsp, RESERVATION_PREFIX).items()
+            if name not in seen
+        }
+        if not fresh:
+            return rsp
+        seen.update(fresh)
+        cluster += fresh.values()
+    return rsp
 
 
 def free_port() -> int:
