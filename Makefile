@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES = cloud-init debootstrap shellcheck nix-bin docker.io
 
-.PHONY: deps tools render test test-fast lint bench serve docker-env docker-stop
+.PHONY: deps render-deps tools render test test-fast lint bench serve docker-env docker-stop
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -27,8 +27,12 @@ docker-env:
 docker-stop:
 	bash tools/docker-env.sh stop
 
-render: deps
-	$(PYTHON) -m tools.render
+# `make render` needs only the project itself: no Debian packages, no dev or discovery extras.
+render-deps:
+	$(PIP) install -q -e .
+
+render: render-deps
+	$(PYTHON) -m tools.render $(RENDER_ARGS)
 
 test: deps tools
 	$(PYTHON) -m pytest -q -p no:cacheprovider
