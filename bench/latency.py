@@ -37,6 +37,7 @@ import grpc
 from crossplane.function import logging, resource
 
 from bench import synthetic
+from function import fleet, reservations
 from function.fn import run
 from function.main import MAX_MESSAGE_BYTES
 from tools import xpsim
@@ -70,18 +71,29 @@ def _applied(workspace: dict[str, Any]) -> dict[str, Any]:
 
 
 def steady_request(nodes: int, machines: int) -> fnv1.RunFunctionRequest:
-    """The last machine of the fleet, rendered once, its Workspace applied, asked again."""
+    """The last machine of the fleet, settled (Reservations and Workspace applied), asked again.
+
+    Every machine of the steady fleet holds its Reservations, so the table Crossplane returns
+    lists three or so per machine, as in a real cluster.
+    """
     log = logging.get_logger()
     call = lambda req: run(req, log)  # noqa: E731 - the in-process call xpsim expects
     inventory = synthetic.configmap(nodes)
     xrs = synthetic.fleet(machines, nodes, steady=True)
     me = xrs[-1]
     fn_input = xpsim.composition_input()
-    first = xpsim.converge(call, xpsim.request(me, fn_input), xpsim.Cluster([inventory, *xrs]))
+    first = xpsim.settle(call, me, fn_input, [inventory, *xrs])
     workspace = resource.struct_to_dict(first.desired.resources["workspace"].resource)
     me = {**me, "status": resource.struct_to_dict(first.desired.composite.resource)["status"]}
-    cluster = xpsim.Cluster([inventory, *xrs[:-1], me])
-    req = xpsim.request(me, fn_input, {"workspace": _applied(workspace)})
+    mine = xpsim.composed(first, xpsim.RESERVATION_PREFIX)
+    table = [
+        body
+        for xr in xrs[:-1]
+        if (held := fleet.held_from_status(xr.get("status") or {})) is not None
+        for body in reservations.manifests(fleet.machine_key(xr), held).values()
+    ]
+    cluster = xpsim.Cluster([inventory, *xrs[:-1], me, *table, *mine.values()])
+    req = xpsim.request(me, fn_input, {"workspace": _applied(workspace), **mine})
     return xpsim.answer(req, call(req), cluster, v2=False)
 
 
@@ -125,9 +137,9 @@ def _proc_status_kib(pid: int, field: str) -> int:
 
 
 @contextlib.contextmanager
-def server(name: str, module: str, *args: str) -> Iterator[Server]:
-    """Start `python -m module --address ... *args` and stop it afterwards."""
-    with xpsim.launch(module, *args) as running:
+def server(name: str, module: str, *args: str, root: Path | None = None) -> Iterator[Server]:
+    """Start `python -m module --address ... *args` (from `root`, another checkout, if given)."""
+    with xpsim.launch(module, *args, root=root) as running:
         yield Server(name, running.pid, running.address)
 
 
@@ -205,17 +217,24 @@ class Row:
     request_kib: float
     fabric: Stats
     noop: Stats
+    baseline: Stats | None = None
 
 
-def measure(nodes: int, machines: int, count: int) -> Row:
-    """Measure both servers, fresh processes, at one size."""
+def measure(nodes: int, machines: int, count: int, baseline: Path | None = None) -> Row:
+    """Measure both servers (and a baseline checkout's Fabric), fresh processes, at one size."""
     req = steady_request(nodes, machines)
     body = req.SerializeToString()
-    with (
-        server("fabric", "function.main", "--insecure") as fabric,
-        server("noop", "bench.noop") as noop,
-    ):
-        channels = {s.name: s.caller() for s in (fabric, noop)}
+    with contextlib.ExitStack() as stack:
+        fabric = stack.enter_context(server("fabric", "function.main", "--insecure"))
+        noop = stack.enter_context(server("noop", "bench.noop"))
+        servers = [fabric, noop]
+        if baseline is not None:
+            servers.append(
+                stack.enter_context(
+                    server("baseline", "function.main", "--insecure", root=baseline)
+                )
+            )
+        channels = {s.name: s.caller() for s in servers}
         calls = {name: call for name, (_, call) in channels.items()}
         rsp = fnv1.RunFunctionResponse.FromString(calls["fabric"](body))
         check(rsp)
@@ -230,7 +249,9 @@ def measure(nodes: int, machines: int, count: int) -> Row:
             stats[srv.name].rss8_mib = srv.peak_rss_mib()
         for channel, _ in channels.values():
             channel.close()
-    return Row(nodes, machines, len(body) / 1024, stats["fabric"], stats["noop"])
+    return Row(
+        nodes, machines, len(body) / 1024, stats["fabric"], stats["noop"], stats.get("baseline")
+    )
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -267,6 +288,23 @@ def table(rows: list[Row]) -> str:
             f"| {n.rps8:.0f} | {f.rss1_mib:.1f} | {n.rss1_mib:.1f} | {f.rss8_mib:.1f} "
             f"| {n.rss8_mib:.1f} |"
         )
+    if any(r.baseline for r in rows):
+        out += [
+            "",
+            (
+                "| nodes | fleet | Fabric p50 ms | baseline p50 ms | ratio | Fabric p99 ms "
+                "| baseline p99 ms | ratio |"
+            ),
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            f, b = r.fabric, r.baseline
+            if b is not None:
+                out.append(
+                    f"| {r.nodes} | {r.machines} | {f.p50 * 1e3:.2f} | {b.p50 * 1e3:.2f} "
+                    f"| {f.p50 / b.p50:.2f} | {f.p99 * 1e3:.2f} | {b.p99 * 1e3:.2f} "
+                    f"| {f.p99 / b.p99:.2f} |"
+                )
     return "\n".join(out)
 
 
@@ -286,11 +324,17 @@ def main() -> None:
         help="NODESxFLEET pairs, e.g. 5x10 50x100 500x1000",
     )
     parser.add_argument("--count", type=int, default=100, help="sequential calls per server")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. a git worktree of the previous main) whose Fabric is "
+        "sent the same requests, in the same run",
+    )
     args = parser.parse_args()
     logging.configure(level=logging.Level.DISABLED)  # the in-process request building is quiet
     rows = []
     for nodes, machines in args.sizes:
-        rows.append(measure(nodes, machines, args.count))
+        rows.append(measure(nodes, machines, args.count, args.baseline))
         print(f"measured {nodes} nodes x {machines} machines", file=sys.stderr)
     print(table(rows))
 

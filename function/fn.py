@@ -135,7 +135,7 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
     if fleet_answer is not None and len(fleet_answer.items) > MAX_FLEET:
         _refuse(req, rsp, f"fleet has {len(fleet_answer.items)} machines; the limit is {MAX_FLEET}")
         return
-    held = requirements.answer(req, requirements.RESERVATIONS)
+    held = requirements.resources(req, requirements.RESERVATIONS)
     request = pipeline.Request(
         xr=requirements.to_plain(req.observed.composite.resource),
         observed_ws=_observed_workspace(req),
@@ -143,9 +143,8 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
         inventory=requirements.answer(req, requirements.INVENTORY),
         # Records hold only what the fleet is built from, read once per distinct content.
         fleet=None if fleet_answer is None else fleet.records(fleet_answer),
-        reservations=(
-            reservations.Table.of(requirements.to_dicts(held.items or [])) if held.arrived else None
-        ),
+        # Read once per distinct content, like the fleet.
+        reservations=None if held is None else reservations.table(held),
         own_reservations=_observed_reservations(req),
     )
     decision = pipeline.decide(request)

@@ -347,8 +347,11 @@ def launch(
     port: int | None = None,
     log: Path | None = None,
     env: dict[str, str] | None = None,
+    root: Path | None = None,
 ) -> Iterator[Running]:
     """Run `python -m module --address 127.0.0.1:PORT *args` until the block ends.
+
+    `root`: the checkout to run it from (default: this one), e.g. a previous version.
 
     Its output (stdout and stderr) goes to `log`, or to a temporary file: a pipe nobody
     reads would fill up and stall the server after a few hundred calls.
@@ -356,13 +359,14 @@ def launch(
     port = port or free_port()
     address = f"127.0.0.1:{port}"
     cmd = [sys.executable, "-m", module, "--address", address, *args]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    root = root or ROOT
+    full_env = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
     with contextlib.ExitStack() as stack:
         sink: IO[bytes] = stack.enter_context(
             tempfile.TemporaryFile() if log is None else log.open("w+b")  # noqa: SIM115 - in the stack
         )
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            cmd, cwd=ROOT, env=full_env, stdout=sink, stderr=subprocess.STDOUT
+            cmd, cwd=root, env=full_env, stdout=sink, stderr=subprocess.STDOUT
         )
         try:
             _wait_for(port, proc, sink)
