@@ -265,3 +265,31 @@ def with_status(machine: dict[str, Any], rsp: fnv1.RunFunctionResponse) -> dict[
     out = copy.deepcopy(machine)
     out["status"] = status(rsp)
     return out
+
+
+# What the real tools judged, named in the log (pytest -q prints only dots): CI's log then shows
+# every CLI render, Terraform run, validation, plan-safety event and image check that passed.
+REAL_TOOL_TESTS = (
+    "test_real_crossplane.py",
+    "test_real_validate.py",
+    "test_real_terraform.py",
+    "test_plan_safety.py",
+    "test_image.py",
+    "test_cloudinit_real.py",
+)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List each real-tool test and its outcome after the run."""
+    lines = [
+        f"{outcome.upper():8} {report.nodeid}"
+        for outcome in ("passed", "failed", "skipped")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when in {"call", "setup"}
+        and (outcome != "passed" or report.when == "call")
+        and any(f"/{name}::" in f"/{report.nodeid}" for name in REAL_TOOL_TESTS)
+    ]
+    if lines:
+        terminalreporter.section("judged by the real tools")
+        for line in sorted(lines, key=lambda text: text.split(maxsplit=1)[1]):
+            terminalreporter.write_line(line)

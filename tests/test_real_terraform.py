@@ -8,6 +8,7 @@ then run offline, as they would in the provider's pod, and must report zero erro
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def rendered_workspace(example: Path, scope: str, address: str, tmp: Path) -> di
         out = real_render(CLI, twin, address, crossplane_cli.COMPOSITION_V2)
     ws = out.workspace()
     assert ws is not None, out.results
-    return ws
+    return copy.deepcopy(ws)  # renders are cached for the session: tests may edit their copy
 
 
 def workdir(ws: dict[str, Any], scope: str, path: Path) -> tfharness.Workdir:
@@ -91,3 +92,17 @@ def test_module_pins_the_provider_the_tests_build(address, tmp_path):
     module = json.loads(ws["spec"]["forProvider"]["module"])
     provider = module["terraform"]["required_providers"]["proxmox"]
     assert provider == {"source": "bpg/proxmox", "version": realtools.BPG_VERSION}
+
+
+def test_every_wait_ends_before_provider_terraform_gives_up(address, tmp_path):
+    # provider-terraform kills a run after 20 minutes (holding the state lease); every bpg
+    # timeout must end first, and a refresh waits at most 2 minutes for a guest agent.
+    ws = rendered_workspace(EXAMPLES[0], "cluster", address, tmp_path)
+    plan = workdir(ws, "cluster", tmp_path / "tf").plan()
+    vm = next(r for r in plan["planned_values"]["root_module"]["resources"] if r["address"] == VM)
+    timeouts = {k: v for k, v in vm["values"].items() if k.startswith("timeout_") and v}
+    assert timeouts, vm["values"]
+    late = {k: v for k, v in timeouts.items() if v >= 20 * 60}
+    # timeout_move_disk is deprecated in bpg 0.111 and unused (validate warns if it is set).
+    assert set(late) <= {"timeout_move_disk"}, late
+    assert vm["values"]["agent"][0]["timeout"] == "2m"
