@@ -91,9 +91,8 @@ def _answered(
 def _placed(
     machine: dict[str, Any], others: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The machine after one reconcile: its status written back, its Workspace applied."""
-    cluster = xpsim.Cluster([inventory_cm(), *others, machine])
-    rsp = xpsim.converge(_call_inproc, xpsim.request(machine, fn_input()), cluster)
+    """The machine once settled: its status written back, its Workspace applied."""
+    rsp = xpsim.settle(_call_inproc, machine, fn_input(), [inventory_cm(), *others, machine])
     return with_status(machine, rsp), applied(rsp)
 
 
