@@ -15,14 +15,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 
 # Only what building the wheel needs (hatchling reads the readme named in pyproject.toml).
+# Not fabric_discover/: the wheel's packages list it too, but hatchling skips it when absent,
+# so the image holds no discovery code (the fabric-discover CLI runs from a workstation).
 COPY pyproject.toml README.md ./
 COPY function/ function/
 
 # The venv lives at /venv in both stages: its scripts' shebangs hold that absolute path.
 # pip builds the wheel with hatchling (isolated build) and installs it with its dependencies;
 # it byte-compiles them too, so the read-only runtime never needs to write .pyc files.
+# The wheel's fabric-discover script would only fail here (no fabric_discover): drop it.
 RUN python -m venv /venv \
     && /venv/bin/pip install --no-cache-dir . \
+    && rm /venv/bin/fabric-discover \
     && /venv/bin/function --help > /dev/null
 
 # --- runtime ------------------------------------------------------------------------------------

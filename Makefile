@@ -43,7 +43,7 @@ test-fast: deps tools
 lint:
 	ruff check .
 	ruff format --check .
-	mypy function tools
+	mypy function tools fabric_discover
 	shellcheck -x tools/*.sh .ci/run
 
 bench: deps

@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from function.discovery import DiscoveryError
-from function.discovery.cli import cli
-from function.discovery.merge import build_inventory, load_overrides
-from function.discovery.proxmox import (
+from fabric_discover import DiscoveryError
+from fabric_discover.cli import cli
+from fabric_discover.merge import build_inventory, load_overrides
+from fabric_discover.proxmox import (
     Cluster,
     Drive,
     Guest,

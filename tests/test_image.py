@@ -319,6 +319,19 @@ def test_the_image_is_configured_as_the_dockerfile_says(image):
     assert "9443/tcp" in config["ExposedPorts"]
 
 
+def test_the_image_holds_no_discovery_code(image):
+    """fabric_discover (the workstation CLI) is neither importable nor a script in the image."""
+    probe = (
+        "import importlib.util, pathlib; "
+        "print(importlib.util.find_spec('function') is not None); "
+        "print(importlib.util.find_spec('fabric_discover') is not None); "
+        "print(sorted(str(p) for p in pathlib.Path('/venv').rglob('fabric*discover*')))"
+    )
+    ran = docker("run", "--rm", "--network", "none", "--entrypoint", "/venv/bin/python", image,
+                 "-c", probe)  # fmt: skip
+    assert ran.stdout.splitlines() == ["True", "False", "[]"], ran.stdout
+
+
 @dataclass(frozen=True)
 class Certs:
     """A certificates directory as Crossplane mounts it, and a client of the same CA."""

@@ -977,3 +977,50 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
         if instruction == "COPY" and not rest.startswith("--from"):
             for source in rest.split()[:-1]:
                 assert source.rstrip("/") in kept, source
+
+
+# --- fabric_discover stays out of the image -----------------------------------------------------
+
+DISCOVERY = "fabric_discover"
+
+
+def test_image_build_copies_no_discovery_code() -> None:
+    """The build stage copies function/ but never fabric_discover/ (nor the whole context)."""
+    [(_, build), *_] = dockerfile_stages()
+    sources = [
+        source.rstrip("/")
+        for instruction, rest in build
+        if instruction in ("COPY", "ADD") and not rest.startswith("--from")
+        for source in rest.split()[:-1]
+    ]
+    assert "function" in sources
+    for source in sources:
+        assert source not in (".", "*"), source
+        assert not source.startswith(DISCOVERY), source
+    kept = [
+        line
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.startswith("!")
+    ]
+    assert not [line for line in kept if DISCOVERY in line], kept
+
+
+def test_wheel_lists_discovery_for_its_console_script() -> None:
+    import tomllib
+
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        project = tomllib.load(handle)
+    assert project["project"]["scripts"]["fabric-discover"] == f"{DISCOVERY}.cli:cli"
+    packages = project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    assert packages == ["function", DISCOVERY]
+    assert (ROOT / DISCOVERY / "cli.py").is_file()
+    assert not (ROOT / "function" / "discovery").exists(), "moved to fabric_discover/"
+
+
+def test_function_never_imports_discovery() -> None:
+    offenders = [
+        path.relative_to(ROOT).as_posix()
+        for path in sorted((ROOT / "function").rglob("*.py"))
+        if DISCOVERY in path.read_text(encoding="utf-8")
+    ]
+    assert offenders == []

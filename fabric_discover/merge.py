@@ -38,8 +38,8 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
-from function.discovery import DiscoveryError
-from function.discovery.proxmox import Cluster, Drive, Guest, MapEntry, Mapping, NodeInfo
+from fabric_discover import DiscoveryError
+from fabric_discover.proxmox import Cluster, Drive, Guest, MapEntry, Mapping, NodeInfo
 from function.errors import describe
 from function.model import (
     GIB,

@@ -10,6 +10,9 @@ The pieces, in the order data flows through them:
 Discovery is "hybrid": the API is the source of facts it can know (nodes, capacity, storage,
 resource mappings, guests, templates and the disks they boot from); the overrides file adds
 what only a person knows (device classes, why a node is off limits, reserved memory, catalogs).
+
+A package of its own beside `function` (which never imports it), so the function's image holds
+none of it; from `function` it uses only the model, its error wording and the strict YAML loader.
 """
 
 from __future__ import annotations

@@ -17,15 +17,15 @@ from typing import Any
 
 import click
 
-from function import yamlio
-from function.discovery import DiscoveryError
-from function.discovery.merge import (
+from fabric_discover import DiscoveryError
+from fabric_discover.merge import (
     EMPTY_OVERRIDES,
     LoadedOverrides,
     build_inventory,
     load_overrides,
 )
-from function.discovery.proxmox import Api, Endpoint, Token, read_cluster
+from fabric_discover.proxmox import Api, Endpoint, Token, read_cluster
+from function import yamlio
 from function.model import DNS_LABEL, K8S_NAME
 
 TOKEN_ENV = "PROXMOX_VE_API_TOKEN"  # noqa: S105 - the variable's name, not a secret

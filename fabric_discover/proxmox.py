@@ -31,7 +31,7 @@ import requests
 from proxmoxer.backends import https
 from proxmoxer.core import ProxmoxResource, ResourceException
 
-from function.discovery import DiscoveryError
+from fabric_discover import DiscoveryError
 
 T = TypeVar("T", "PciFunction", "UsbDevice")
 Bus = Literal["pci", "usb"]
