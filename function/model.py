@@ -246,6 +246,8 @@ class MachineSpec(Strict):
     deletion_policy: Literal["Delete", "Orphan"] | None = Field(
         default=None, alias="deletionPolicy"
     )
+    power_state: Literal["Running", "Stopped"] = Field(default="Running", alias="powerState")
+    protection: bool = False
 
     @field_validator("roles")
     @classmethod

@@ -331,6 +331,9 @@ def _placed(
             f"cannot shrink; accepted: {had}Gi or more"
         )
         raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+    power = workspace.power_change(req.observed_ws, decision.desired_ws)
+    if power is not None:
+        report.warn(power)
     for what in workspace.restart_changes(req.observed_ws, decision.desired_ws):
         report.warn(
             f"the claim changed the machine's {what}; Proxmox applies it when the guest next "

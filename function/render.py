@@ -139,6 +139,8 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
         user_data=user_data,
         meta_data=meta_data(name, machine.hostname),
         secret_names=tuple(s.name for s in spec.bootstrap.secrets),
+        started=spec.power_state == "Running",
+        protection=spec.protection,
     )
     module_json = terraform.to_json(terraform.module(shape))
     return workspace.manifest(

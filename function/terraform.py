@@ -150,6 +150,8 @@ class VmShape:
     user_data: str
     meta_data: str
     secret_names: tuple[str, ...]
+    started: bool = True  # the claim's powerState
+    protection: bool = False
 
 
 def _snippet(shape: VmShape, kind: str, data: Expr | str) -> dict[str, Any]:
@@ -220,8 +222,10 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         "node_name": shape.node,
         "vm_id": shape.vmid,
         "tags": sorted(shape.tags),  # Proxmox sorts tags; unsorted ones diff forever
-        "on_boot": True,
-        "started": True,
+        # A Stopped machine stays off across host reboots too.
+        "on_boot": shape.started,
+        "started": shape.started,
+        "protection": shape.protection,
         "stop_on_destroy": True,
         "migrate": True,
         # CPU and memory edits are written to the VM's configuration and take effect when the

@@ -213,3 +213,19 @@ def disk_shrink(observed: dict[str, Any] | None, desired: dict[str, Any]) -> tup
     if isinstance(had, int) and isinstance(asked, int) and asked < had:
         return had, asked
     return None
+
+
+def power_change(observed: dict[str, Any] | None, desired: dict[str, Any]) -> str | None:
+    """What a powerState edit does to the running guest, when it changes whether it runs."""
+    if observed is None:
+        return None
+    was = dig(module_of(observed), *_VM_PATH, "started")
+    now = dig(module_of(desired), *_VM_PATH, "started")
+    if was is None or was == now:
+        return None
+    if now:
+        return "powerState is Running: Proxmox starts the machine at the next apply"
+    return (
+        "powerState is Stopped: Proxmox shuts the machine down (ACPI) at the next apply, "
+        "and it stays off across host reboots"
+    )

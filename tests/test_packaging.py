@@ -336,7 +336,7 @@ def test_schema_is_structural_and_explained() -> None:
                 assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
                 assert "type" not in node, path
             else:
-                assert node.get("type") in ("object", "array", "string", "integer"), path
+                assert node.get("type") in ("object", "array", "string", "integer", "boolean"), path
                 assert "anyOf" not in node, path
             if not path.endswith("[]"):
                 assert len(node.get("description", "")) > 10, f"{path} has no description"

@@ -156,6 +156,21 @@ EVENTS = [
     ),
     Event("deletionPolicy", "gpu-worker", NOOP, claim=_set("deletionPolicy", "Orphan")),
     Event(
+        "powerState Stopped",
+        "gpu-worker",
+        UPDATE,
+        claim=_set("powerState", "Stopped"),
+        changed=frozenset({"started", "on_boot"}),
+        announced="shuts the machine down",
+    ),
+    Event(
+        "protection on",
+        "gpu-worker",
+        UPDATE,
+        claim=_set("protection", True),
+        changed=frozenset({"protection"}),
+    ),
+    Event(
         "a device added",
         "basic",
         NOOP,
@@ -217,6 +232,15 @@ EVENTS = [
         changed=frozenset({"started"}),
     ),
     Event("the agent not answering", "nixos", NOOP, drift=_set("ipv4_addresses", [])),
+    Event(
+        "stopped in the Proxmox UI, and the claim says Stopped",
+        "gpu-worker",
+        UPDATE,
+        claim=_set("powerState", "Stopped"),
+        drift=_set("started", False),
+        changed=frozenset({"on_boot"}),
+        announced="shuts the machine down",
+    ),
     Event(
         "the template grew a larger disk",
         "gpu-worker",
