@@ -96,6 +96,10 @@ def xr_status(
         status["node"] = placement.node
         status["vmId"] = placement.vmid
         status["devices"] = _devices(placement, inv)
+        if status["devices"]:
+            status["deviceSummary"] = ",".join(
+                f"{d.get('class', 'device')}:{d['mapping']}" for d in status["devices"]
+            )
         if placement.address:
             status["address"] = placement.address
         if placement.network:

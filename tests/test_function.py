@@ -457,3 +457,10 @@ def test_a_workspace_crossplane_could_not_apply_is_shown_on_the_claim(call):
     # And without that condition, nothing of it.
     rsp = reconcile(call, xr("old-provider", basic_spec()))
     assert condition(rsp, "Provisioned").reason == "Pending"
+
+
+def test_devices_column_says_who_holds_which_device(call):
+    # kubectl get machines shows DEVICES from status.deviceSummary: class:mapping.
+    gpu = status(reconcile(call, xr("gpu-worker", gpu_spec())))
+    assert gpu["deviceSummary"] == "gpu-nvidia:rtx3070"
+    assert "deviceSummary" not in status(reconcile(call, xr("plain", basic_spec())))

@@ -241,6 +241,7 @@ EXPECTED_COLUMNS = {
     "VMID": ".status.vmId",
     "IP": ".status.ip",
     "PHASE": ".status.phase",
+    "DEVICES": ".status.deviceSummary",
     "READY": ".status.conditions[?(@.type=='Ready')].status",
     "AGE": ".metadata.creationTimestamp",
 }
@@ -273,6 +274,7 @@ STATUS_FIELDS = {
     "network",
     "address",
     "devices",
+    "deviceSummary",
     "message",
     "workspace",
 }
