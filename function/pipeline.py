@@ -392,9 +392,10 @@ def _held(decision: Decision, req: Request, hold: Hold) -> None:
         held = fleet.held_from_workspace(req.observed_ws)
         if held is not None:
             report.placement = Placement.of_held(held)
-            if req.reserves:
-                key = machine_of(req.xr).key
-                decision.desired_reservations = reservations.manifests(key, held)
+        # What it holds is held as it is too: Crossplane deletes what a response leaves out.
+        decision.desired_reservations = {
+            name: workspace.held_copy(body) for name, body in req.own_reservations.items()
+        }
         report.condition("Valid", "False", hold.reason, f"held as it is: {hold.message}")
         report.warn(f"the machine is held as it is: {hold.message}")
         decision.ready = status.provisioning(report, req.observed_ws, req.xr)

@@ -12,6 +12,7 @@ Workspaces holding one VMID and one address.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import random
@@ -19,8 +20,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import basic_spec, fn_input, gpu_spec, inventory_cm, xr
-from tools import controlplane
+from tests.conftest import (
+    basic_spec,
+    desired_ws,
+    fn_input,
+    gpu_spec,
+    inventory_cm,
+    reconcile,
+    xr,
+)
+from tools import controlplane, xpsim
 
 RUNS = int(os.environ.get("FABRIC_CHURN_RUNS", "1000"))
 STEPS = 24
@@ -142,3 +151,24 @@ def test_deletion_between_two_views_gives_no_vmid_twice(call_inproc):
             cluster.reconcile(call_inproc, name, cluster.view(), rng)
             check(cluster, homes, "settling")
     assert sorted(cluster.workspaces()) == ["p1-x1234", "p2-x1234"]
+
+
+def test_a_held_machine_keeps_its_reservations(call_inproc):
+    # A bad edit holds the machine as it is: its Workspace and its Reservations both, even when
+    # the Workspace's own record is unreadable (Crossplane would delete what is left out).
+    machine = xr("held", basic_spec())
+    settled = reconcile(call_inproc, machine)
+    ws, held = desired_ws(settled), xpsim.composed(settled, xpsim.RESERVATION_PREFIX)
+    assert ws is not None
+    assert held
+    broken = copy.deepcopy(machine)
+    broken["spec"]["memory"] = "lots"
+    junk = copy.deepcopy(ws)
+    junk["metadata"]["annotations"] = {}
+    for observed in (ws, junk):
+        req = xpsim.request(broken, fn_input(), {"workspace": observed, **held})
+        rsp = xpsim.converge(
+            call_inproc, req, xpsim.Cluster([inventory_cm(), broken, *held.values()])
+        )
+        assert xpsim.composed(rsp, xpsim.RESERVATION_PREFIX).keys() == held.keys()
+        assert desired_ws(rsp) is not None
