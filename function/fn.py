@@ -10,7 +10,7 @@ import grpc
 import pydantic
 from crossplane.function import logging, resource, response
 
-from function import fleet, pipeline, requirements, reservations, status, workspace
+from function import fleet, homelab, pipeline, requirements, reservations, status, workspace
 from function.errors import canonical, describe
 from function.model import FunctionInput
 
@@ -136,8 +136,18 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
         _refuse(req, rsp, f"fleet has {len(fleet_answer.items)} machines; the limit is {MAX_FLEET}")
         return
     held = requirements.resources(req, requirements.RESERVATIONS)
+    xr = requirements.to_plain(req.observed.composite.resource)
+    if homelab.is_homelab(xr):
+        view = homelab.view(
+            fn_input,
+            requirements.answer(req, requirements.INVENTORY),
+            None if fleet_answer is None else fleet.records(fleet_answer),
+            None if held is None else reservations.table(held),
+        )
+        homelab.respond(rsp, view)
+        return
     request = pipeline.Request(
-        xr=requirements.to_plain(req.observed.composite.resource),
+        xr=xr,
         observed_ws=_observed_workspace(req),
         fn_input=fn_input,
         inventory=requirements.answer(req, requirements.INVENTORY),

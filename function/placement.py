@@ -63,7 +63,7 @@ class Outcome:
     unschedulable: str | None = None
 
 
-class _Demands:
+class Demands:
     """Each fleet member's resolved demand, resolved once per distinct spec object.
 
     Resolving a spec scans the inventory's devices, so resolving every member of a
@@ -76,6 +76,7 @@ class _Demands:
     """
 
     def __init__(self, inv: Inventory, defaults: Defaults) -> None:
+        """Resolve against one inventory and its defaults, for one placement walk."""
         self._inv = inv
         self._defaults = defaults
         self._memo: dict[int, Demand | None] = {}
@@ -104,7 +105,8 @@ def _interface_ip(address: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Interface(address).ip
 
 
-def _hold(ledger: Ledger, key: str, held: Held, demand: Demand | None) -> None:
+def hold(ledger: Ledger, key: str, held: Held, demand: Demand | None) -> None:
+    """Count a placed machine in the ledger: its size on its node and everything it holds."""
     ledger.take_node(held.node, demand.cpu if demand else 0, demand.memory_mib if demand else 0)
     ledger.vmid_holder.setdefault(held.vmid, key)
     for mapping in held.devices:
@@ -153,7 +155,7 @@ def _place(ledger: Ledger, key: str, demand: Demand) -> Outcome:
         fresh=True,
         considered=verdict.considered,
     )
-    _hold(ledger, key, placement.held(), demand)
+    hold(ledger, key, placement.held(), demand)
     return Outcome(placement)
 
 
@@ -178,11 +180,11 @@ def assign(
     ledger = Ledger.from_inventory(inv)
     for thing, holder in (reserved or {}).items():
         ledger.hold_thing(thing.kind, thing.value, holder)
-    demands = _Demands(inv, defaults)
+    demands = Demands(inv, defaults)
     held = sorted((m for m in fleet if m.held is not None), key=lambda m: m.order)
     for member in held:
         if member.held is not None:  # always, by the filter above; said for the type checker
-            _hold(ledger, member.key, member.held, demands.of(member))
+            hold(ledger, member.key, member.held, demands.of(member))
     later = _LaterUse(held, demands)
     pending = sorted((m for m in fleet if m.held is None), key=lambda m: m.order)
     for member in pending:
@@ -203,7 +205,7 @@ class _LaterUse:
     drop out of the sums one by one, and the whole walk costs O(held + pending).
     """
 
-    def __init__(self, held: list[Member], demands: _Demands) -> None:
+    def __init__(self, held: list[Member], demands: Demands) -> None:
         self._held = [(m.order, m.held.node, demands.of(m)) for m in held if m.held]
         self._next = 0
         self._use: dict[str, NodeUse] = {}

@@ -1,0 +1,246 @@
+"""The Homelab composite: one place to see the fleet, computed by the code that places machines.
+
+A `Homelab` XR (xrds/homelab.yaml) runs through the same function and the same requirements as
+every XMachine (inventory, fleet, reservations). It composes nothing: its status is the fleet
+view, nodes and what is allocated on them, every passthrough device and who holds it, VMIDs,
+address pools, and the machines still pending with the explanation their claims show.
+
+Nothing here decides anything of its own: the ledger is filled by placement's own holding code
+from the same members a machine's reconcile builds (fleet records, confirmed by the Reservation
+table), and each pending machine's explanation is placement.assign's outcome for it, called as
+that machine's reconcile calls it. So the view cannot disagree with the machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import crossplane.function.proto.v1.run_function_pb2 as fnv1
+from crossplane.function import resource
+
+from function import fleet, pipeline, reservations
+from function.allocate import Ledger
+from function.demand import resolve
+from function.errors import FabricError
+from function.model import FunctionInput, Inventory
+from function.placement import Demands, assign, hold  # the very code a machine places with
+from function.requirements import Answer
+from function.scheduler import quantity
+
+KIND = "Homelab"
+GROUP = "fabric.homelab.io"
+# Classes the FREE-GPUS column counts.
+GPU_CLASSES = frozenset({"gpu", "gpu-nvidia", "gpu-amd"})
+# Pending machines listed (each costs one walk of the fleet); the count covers them all.
+MAX_PENDING = 20
+INVENTORY_HOLDER = "reserved in the inventory"
+
+
+def is_homelab(xr: dict[str, Any]) -> bool:
+    """Whether the observed composite is a Homelab (anything else is a machine)."""
+    api_version = str(xr.get("apiVersion") or "")
+    return xr.get("kind") == KIND and api_version.split("/", 1)[0] == GROUP
+
+
+@dataclass(frozen=True)
+class View:
+    """What to respond for a Homelab: its status, and whether it is complete."""
+
+    status: dict[str, Any]
+    ready: bool
+    waiting: bool  # for Crossplane to answer a requirement (routine, not a warning)
+
+
+def view(
+    fn_input: FunctionInput,
+    inventory: Answer,
+    xrs: fleet.Fleet | None,
+    table: reservations.Table | None,
+) -> View:
+    """The fleet view, or why it cannot be computed yet."""
+    try:
+        inv = pipeline.parse_inventory(inventory, fn_input)
+    except pipeline.Hold as hold:
+        return _not_yet(hold.reason, hold.message)
+    if xrs is None:
+        return _not_yet("WaitingForFleet", "waiting for Crossplane to list the fleet")
+    if table is None:
+        return _not_yet("WaitingForReservations", "waiting for Crossplane to list the reservations")
+    return View(_status(inv, fn_input, xrs, table), ready=True, waiting=False)
+
+
+def _not_yet(reason: str, message: str) -> View:
+    return View(
+        {"phase": "Pending", "message": message}, ready=False, waiting=reason.startswith("Waiting")
+    )
+
+
+def _members(xrs: fleet.Fleet, table: reservations.Table) -> list[fleet.Member]:
+    """Every machine as every other machine's reconcile sees it (pipeline._place)."""
+    return [m if m.held is not None else _confirmed(m, table) for m in xrs.ordered()]
+
+
+def _confirmed(member: fleet.Member, table: reservations.Table) -> fleet.Member:
+    held = table.confirmed(member.key)
+    return member if held is None else dataclasses.replace(member, held=held)
+
+
+def _ledger(
+    inv: Inventory, fn_input: FunctionInput, members: list[fleet.Member], table: reservations.Table
+) -> Ledger:
+    """What is held: the inventory's own, the Reservations, every placed machine (as assign)."""
+    ledger = Ledger.from_inventory(inv)
+    for thing, holder in table.holder.items():
+        ledger.hold_thing(thing.kind, thing.value, holder)
+    demands = Demands(inv, fn_input.defaults)
+    for member in sorted((m for m in members if m.held is not None), key=lambda m: m.order):
+        if member.held is not None:
+            hold(ledger, member.key, member.held, demands.of(member))
+    return ledger
+
+
+def explain_pending(
+    inv: Inventory,
+    fn_input: FunctionInput,
+    members: list[fleet.Member],
+    member: fleet.Member,
+    table: reservations.Table,
+) -> str:
+    """What the pending machine's own claim shows: why it is refused or unschedulable."""
+    if member.spec is None:
+        return "the claim is invalid; the machine's status says why"
+    try:
+        demand = resolve(member.spec, inv, fn_input.defaults)
+    except FabricError as err:
+        return str(err)
+    if demand.pin is not None and inv.node(demand.pin) is None:
+        known = ", ".join(n.name for n in inv.nodes)
+        return f"spec.placement.node: {demand.pin!r} is not a node; accepted: {known}"
+    taken = {t: k for t, k in table.holder.items() if k != member.key}
+    outcome = assign(inv, fn_input.defaults, members, member, demand, reserved=taken)
+    if outcome.placement is None:
+        return outcome.unschedulable or ""
+    where = outcome.placement
+    return f"being placed on node {where.node}, VMID {where.vmid}"
+
+
+def _status(
+    inv: Inventory, fn_input: FunctionInput, xrs: fleet.Fleet, table: reservations.Table
+) -> dict[str, Any]:
+    members = _members(xrs, table)
+    ledger = _ledger(inv, fn_input, members, table)
+    placed = [m for m in members if m.held is not None]
+    pending = [m for m in members if m.held is None]
+    nodes = _nodes(inv, ledger, placed)
+    devices = _devices(inv, ledger)
+    free_mib = sum(n["memoryFreeMiB"] for n in nodes if n["schedulable"])
+    schedulable = {n.name for n in inv.nodes if n.schedulable}
+    free_gpus = sum(
+        1
+        for d in devices
+        if d["class"] in GPU_CLASSES and not d["holder"] and d["node"] in schedulable
+    )
+    return {
+        "phase": "Ready",
+        "summary": {
+            "nodes": len(inv.nodes),
+            "schedulableNodes": len(schedulable),
+            "machines": len(members),
+            "placed": len(placed),
+            "pending": len(pending),
+            "freeMemoryMiB": free_mib,
+            "freeMemory": quantity(max(free_mib, 0)),
+            "freeGpus": free_gpus,
+        },
+        "nodes": nodes,
+        "devices": devices,
+        "vmids": _vmids(inv, ledger),
+        "networks": _networks(inv, ledger),
+        "pending": [
+            {"machine": m.key, "message": explain_pending(inv, fn_input, members, m, table)}
+            for m in pending[:MAX_PENDING]
+        ],
+    }
+
+
+def _nodes(inv: Inventory, ledger: Ledger, placed: list[fleet.Member]) -> list[dict[str, Any]]:
+    out = []
+    for node in inv.nodes:
+        use = ledger.nodes[node.name]
+        capacity_mib = int(node.memory * inv.overcommit.memory) - node.reserved_mib
+        entry: dict[str, Any] = {
+            "name": node.name,
+            "schedulable": node.schedulable,
+            "cpuAllocated": use.cpu,
+            "cpuCapacity": int(node.cpu * inv.overcommit.cpu),
+            "memoryAllocatedMiB": use.memory_mib,
+            "memoryCapacityMiB": capacity_mib,
+            "memoryFreeMiB": ledger.free_memory_mib(node.name),
+            "memoryFree": quantity(max(ledger.free_memory_mib(node.name), 0)),
+            "machines": sum(1 for m in placed if m.held is not None and m.held.node == node.name),
+        }
+        if not node.schedulable and node.reason:
+            entry["reason"] = node.reason
+        out.append(entry)
+    return out
+
+
+def _devices(inv: Inventory, ledger: Ledger) -> list[dict[str, Any]]:
+    out = []
+    for node in inv.nodes:
+        for device in node.devices:
+            entry = {
+                "node": node.name,
+                "mapping": device.mapping,
+                "class": device.device_class,
+                "holder": ledger.device_holder.get(device.mapping, ""),
+            }
+            if device.model:
+                entry["model"] = device.model
+            out.append(entry)
+    return out
+
+
+def _vmids(inv: Inventory, ledger: Ledger) -> dict[str, Any]:
+    start, end = inv.vmids.start, inv.vmids.end
+    used = sum(1 for vmid in ledger.vmid_holder if start <= vmid <= end)
+    return {"range": f"{start}-{end}", "used": used, "free": end - start + 1 - used}
+
+
+def _networks(inv: Inventory, ledger: Ledger) -> list[dict[str, Any]]:
+    out = []
+    for name, net in sorted(inv.networks.items()):
+        entry: dict[str, Any] = {"name": name, "used": 0, "free": 0}
+        if net.cidr is not None:
+            entry["cidr"] = str(net.cidr)
+            entry["used"] = sum(
+                1
+                for address, holder in ledger.address_holder.items()
+                if address in net.cidr and holder != INVENTORY_HOLDER
+            )
+        if net.pool is not None:
+            start, end = int(net.pool.start), int(net.pool.end)
+            entry["pool"] = f"{net.pool.start}-{net.pool.end}"
+            taken = {int(a) for a in ledger.address_holder if start <= int(a) <= end}
+            if net.gateway is not None and start <= int(net.gateway) <= end:
+                taken.add(int(net.gateway))
+            entry["free"] = end - start + 1 - len(taken)
+        out.append(entry)
+    return out
+
+
+def respond(rsp: fnv1.RunFunctionResponse, found: View) -> None:
+    """Write the view as the Homelab's status: no composed resources, ever."""
+    rsp.desired.ClearField("resources")
+    resource.update(rsp.desired.composite, {"status": found.status})
+    rsp.desired.composite.ready = fnv1.READY_TRUE if found.ready else fnv1.READY_FALSE
+    if not found.ready and not found.waiting:
+        message = str(found.status.get("message", ""))
+        rsp.results.append(
+            fnv1.Result(
+                severity=fnv1.SEVERITY_WARNING, message=message, target=fnv1.TARGET_COMPOSITE
+            )
+        )
+    rsp.meta.ttl.FromTimedelta(pipeline.STEADY if found.ready else pipeline.WAIT)
