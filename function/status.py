@@ -8,6 +8,7 @@ are warnings plus a condition.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,9 +130,14 @@ def workspace_not_applied(xr: dict[str, Any]) -> str | None:
         if not isinstance(cond, dict) or cond.get("type") != "Synced":
             continue
         message = str(cond.get("message") or "")
-        if cond.get("status") == "False" and f'"{workspace.RESOURCE_NAME}"' in message:
+        if cond.get("status") != "False":
+            continue
+        if f'"{workspace.RESOURCE_NAME}"' in message:
             return message
-        if cond.get("status") == "False" and message.startswith("Unsynced resources:"):
+        # Only the Workspace: a Reservation another machine holds is unsynced too, and that
+        # is allocation at work (reservations.py), not a Workspace Crossplane cannot apply.
+        unsynced = message.removeprefix("Unsynced resources:")
+        if unsynced != message and workspace.RESOURCE_NAME in re.split(r"[,\s]+", unsynced):
             return message
     return None
 

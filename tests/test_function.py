@@ -464,3 +464,14 @@ def test_devices_column_says_who_holds_which_device(call):
     gpu = status(reconcile(call, xr("gpu-worker", gpu_spec())))
     assert gpu["deviceSummary"] == "gpu-nvidia:rtx3070"
     assert "deviceSummary" not in status(reconcile(call, xr("plain", basic_spec())))
+
+
+def test_a_reservation_another_machine_holds_is_not_a_workspace_failure(call):
+    # Crossplane marks a Reservation another XR controls as unsynced: that is allocation at
+    # work, and the claim must not be told the Workspace cannot be applied.
+    lost = {"type": "Synced", "status": "False", "message": "Unsynced resources: reservation-vmid"}
+    rsp = reconcile(call, xr("raced", basic_spec(), status={"conditions": [lost]}))
+    assert not any("could not apply the Workspace" in w for w in warnings(rsp))
+    both = {**lost, "message": "Unsynced resources: reservation-vmid, workspace"}
+    rsp = reconcile(call, xr("raced", basic_spec(), status={"conditions": [both]}))
+    assert any("could not apply the Workspace" in w for w in warnings(rsp))
