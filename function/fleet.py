@@ -90,7 +90,8 @@ def machine_key(xr: dict[str, Any]) -> str:
     return str(meta.get("name", ""))
 
 
-def _as_vmid(value: Any) -> int | None:
+def as_vmid(value: Any) -> int | None:
+    """A recorded VMID, or None when it is not one Proxmox could have."""
     # struct_to_dict turns integers into floats; a VMID is a whole number in Proxmox's
     # range or nothing (a recorded 0 must not be rendered as vm_id 0).
     number = None
@@ -103,7 +104,7 @@ def _as_vmid(value: Any) -> int | None:
 
 def held_from_status(status: dict[str, Any]) -> Held | None:
     """Read a recorded placement from an XR status, if it has a complete one."""
-    node, vmid = status.get("node"), _as_vmid(status.get("vmId"))
+    node, vmid = status.get("node"), as_vmid(status.get("vmId"))
     if not isinstance(node, str) or not node or vmid is None:
         return None
     listed = status.get("devices")
@@ -115,10 +116,11 @@ def held_from_status(status: dict[str, Any]) -> Held | None:
         )
     )
     network = status.get("network")
-    return Held(node, vmid, devices, _cidr(status.get("address")), _text(network))
+    return Held(node, vmid, devices, as_cidr(status.get("address")), _text(network))
 
 
-def _cidr(value: Any) -> str | None:
+def as_cidr(value: Any) -> str | None:
+    """A recorded CIDR address, or None when it is not a valid one."""
     # Fabric writes valid addresses; anything else was written by hand and is not trusted
     # to hold an address (one broken status must not break every other machine's call).
     if not isinstance(value, str) or not value:
@@ -138,12 +140,12 @@ def held_from_workspace(workspace: dict[str, Any]) -> Held | None:
     """Read the placement recorded in the annotations of an observed Workspace."""
     notes = obj(obj(workspace.get("metadata")).get("annotations"))
     node = _text(notes.get(ANNOTATION_PREFIX + "node"))
-    vmid = _as_vmid(notes.get(ANNOTATION_PREFIX + "vmid"))
+    vmid = as_vmid(notes.get(ANNOTATION_PREFIX + "vmid"))
     if node is None or vmid is None:
         return None
     listed = _text(notes.get(ANNOTATION_PREFIX + "devices")) or ""
     devices = tuple(sorted(d for d in listed.split(",") if d))
-    address = _cidr(notes.get(ANNOTATION_PREFIX + "address"))
+    address = as_cidr(notes.get(ANNOTATION_PREFIX + "address"))
     network = _text(notes.get(ANNOTATION_PREFIX + "network"))
     # Workspaces written before the annotation existed: the module says where the snippets are.
     snippets = _text(notes.get(ANNOTATION_PREFIX + "snippets")) or _text(

@@ -27,7 +27,7 @@ from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 
-from function.fleet import Held, obj
+from function.fleet import Held, as_cidr, as_vmid, obj
 from function.requirements import RESERVATION_API_VERSION as API_VERSION
 from function.requirements import RESERVATION_KIND as KIND
 from function.requirements import BoundedCache, to_plain
@@ -99,21 +99,21 @@ def manifests(machine_key: str, held: Held) -> dict[str, dict[str, Any]]:
 
 
 def _held_of(reservation: dict[str, Any]) -> tuple[str, Held] | None:
+    # Read with the fleet's own readers of recorded values: a hand-edited Reservation cannot
+    # hold more than a hand-edited status could.
     spec = obj(reservation.get("spec"))
     record = obj(spec.get("placement"))
-    machine, node, vmid = spec.get("machine"), record.get("node"), record.get("vmId")
-    if not isinstance(machine, str) or not isinstance(node, str):
-        return None
-    if not isinstance(vmid, int | float) or isinstance(vmid, bool) or not float(vmid).is_integer():
+    machine, node, vmid = spec.get("machine"), record.get("node"), as_vmid(record.get("vmId"))
+    if not isinstance(machine, str) or not isinstance(node, str) or not node or vmid is None:
         return None
     listed = record.get("devices")
     devices = listed if isinstance(listed, list) else []
-    address, network = record.get("address"), record.get("network")
+    network = record.get("network")
     return machine, Held(
         node,
-        int(vmid),
+        vmid,
         tuple(sorted(str(d) for d in devices)),
-        address if isinstance(address, str) else None,
+        as_cidr(record.get("address")),
         network if isinstance(network, str) else None,
     )
 
