@@ -10,8 +10,6 @@ certificate. The merge rules are also exercised directly on records, table-drive
 from __future__ import annotations
 
 import copy
-import datetime as dt
-import ipaddress
 import json
 import re
 import socket
@@ -27,10 +25,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fabric_discover import DiscoveryError
 from fabric_discover.cli import cli
@@ -50,6 +44,8 @@ from fabric_discover.proxmox import (
     parse_property_string,
 )
 from function.model import Inventory
+from tools import fakeproxmox
+from tools.fakeproxmox import FakeProxmox
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proxmox"
 OVERRIDES = FIXTURES / "overrides.yaml"
@@ -63,135 +59,37 @@ NOT_REACHABLE = (595, "No route to host")
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 
-# --- a loopback Proxmox VE API -------------------------------------------------------------------
-
-
-@dataclass
-class FakeProxmox:
-    """Recorded answers by API path, failures by path prefix, and the paths asked for."""
-
-    answers: dict[str, Any]
-    failures: dict[str, tuple[int, str]] = field(default_factory=dict)
-    requests: list[str] = field(default_factory=list)
-    protocol: str = "http"
-    port: int = 0
-
-    @classmethod
-    def recorded(cls) -> FakeProxmox:
-        answers = {}
-        for path in sorted(FIXTURES.rglob("*.json")):
-            api_path = "/" + path.relative_to(FIXTURES).with_suffix("").as_posix()
-            answers[api_path] = json.loads(path.read_text())["data"]
-        return cls(answers=answers)
-
-    def failure(self, path: str) -> tuple[int, str] | None:
-        return next((f for p, f in self.failures.items() if path.startswith(p)), None)
-
-    def asked(self, prefix: str) -> list[str]:
-        return [p for p in self.requests if p.startswith(prefix)]
-
-
-class _ProxmoxHandler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_GET(self) -> None:
-        fake = self.server.fake
-        path = urlsplit(self.path).path.removeprefix(API_PREFIX)
-        fake.requests.append(path)
-        if self.headers.get("Authorization") != f"PVEAPIToken={TOKEN}":
-            self._reply(401, "authentication failure", None)
-        elif (failure := fake.failure(path)) is not None:
-            self._reply(*failure, None)
-        elif path not in fake.answers:
-            self._reply(501, f"Method 'GET {path}' not implemented", None)
-        else:
-            self._reply(200, "OK", fake.answers[path])
-
-    def _reply(self, status: int, reason: str, data: Any) -> None:
-        # bytes stand for whatever a wrong server sends (a login page, a proxy error).
-        body = data if isinstance(data, bytes) else json.dumps({"data": data}).encode()
-        self.send_response(status, reason)
-        self.send_header("Content-Type", "application/json;charset=UTF-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    fake: FakeProxmox
+# --- a loopback Proxmox VE API (tools/fakeproxmox.py) ---------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
     """A server context with a fresh self-signed certificate for 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pve.homelab.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    return context
+    return fakeproxmox.tls_context(tmp_path_factory.mktemp("tls"))
 
 
 def _serve(fake: FakeProxmox, context: ssl.SSLContext | None) -> Iterator[FakeProxmox]:
-    server = _Server(("127.0.0.1", 0), _ProxmoxHandler)
-    server.fake = fake
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        fake.protocol = "https"
-    fake.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with fakeproxmox.serve(fake, context) as served:
+        yield served
 
 
 @pytest.fixture(params=["http", "https"])
 def api(request: pytest.FixtureRequest, tls_context: ssl.SSLContext) -> Iterator[FakeProxmox]:
     """The recorded cluster, over plain HTTP and over TLS."""
     context = tls_context if request.param == "https" else None
-    yield from _serve(FakeProxmox.recorded(), context)
+    yield from _serve(FakeProxmox.recorded(TOKEN), context)
 
 
 @pytest.fixture
 def plain() -> Iterator[FakeProxmox]:
     """The recorded cluster over plain HTTP, for tests about content rather than transport."""
-    yield from _serve(FakeProxmox.recorded(), None)
+    yield from _serve(FakeProxmox.recorded(TOKEN), None)
 
 
 @pytest.fixture
 def tls(tls_context: ssl.SSLContext) -> Iterator[FakeProxmox]:
     """The recorded cluster over TLS only."""
-    yield from _serve(FakeProxmox.recorded(), tls_context)
+    yield from _serve(FakeProxmox.recorded(TOKEN), tls_context)
 
 
 def discover(
@@ -964,7 +862,7 @@ def test_an_unreachable_host_is_named() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    fake = FakeProxmox(answers={}, port=port)
+    fake = FakeProxmox(answers={}, token=TOKEN, port=port)
 
     result = discover(fake, "--timeout", "2")
 
