@@ -272,6 +272,22 @@ def test_unmanaged_guests_are_everything_not_tagged_fabric(api: FakeProxmox) -> 
         },
         {"vmid": 102, "name": "maas", "node": "pve", "kind": "qemu", "cpu": 2, "memory": "4096Mi"},
         {
+            "vmid": 105,
+            "name": "k3s-vm-still-fawn",
+            "node": "still-fawn",
+            "kind": "qemu",
+            "cpu": 8,
+            "memory": "32768Mi",
+        },
+        {
+            "vmid": 106,
+            "name": "k3s-vm-pumped-piglet-gpu",
+            "node": "pumped-piglet",
+            "kind": "qemu",
+            "cpu": 8,  # 2 sockets of 4 cores: the list says cpus 8
+            "memory": "20480Mi",
+        },
+        {
             "vmid": 107,
             "name": "k3s-vm-pve",
             "node": "pve",
