@@ -2,6 +2,12 @@
 
     fabric-discover --host pve.lan --overrides overrides.yaml > inventory.yaml
     fabric-discover --host pve.lan --overrides overrides.yaml --apply
+    fabric-discover --host pve.lan --overrides overrides.yaml --claims - > adopt.yaml
+    fabric-discover --host pve.lan --overrides overrides.yaml --claims claims/
+
+`--claims` writes adoption claims instead of the ConfigMap: a Machine per VM and a Container per
+container that is neither a template nor tagged `fabric`, as one YAML stream (`-`) or one file
+per claim in a directory (see fabric_discover/claims.py for what a claim says).
 
 The API token comes from PROXMOX_VE_API_TOKEN (`user@realm!tokenid=secret`, the form the
 bpg/proxmox provider uses) or from --user/--token-name/--token-value; flags win. The secret
@@ -18,15 +24,31 @@ from typing import Any
 import click
 
 from fabric_discover import DiscoveryError
+from fabric_discover.claims import (
+    DEFAULT_NAMESPACE,
+    Claim,
+    adoption_claim,
+    claim_names,
+    load_inventory,
+    stream,
+)
 from fabric_discover.merge import (
     EMPTY_OVERRIDES,
     LoadedOverrides,
     build_inventory,
     load_overrides,
 )
-from fabric_discover.proxmox import Api, Endpoint, Token, read_cluster
+from fabric_discover.proxmox import (
+    Api,
+    ApiError,
+    Cluster,
+    Endpoint,
+    Token,
+    read_cluster,
+    read_guest_config,
+)
 from function import yamlio
-from function.model import DNS_LABEL, K8S_NAME
+from function.model import DNS_LABEL, K8S_NAME, Inventory
 
 TOKEN_ENV = "PROXMOX_VE_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
 INVENTORY_LABEL = "fabric.homelab.io/inventory"
@@ -81,6 +103,27 @@ def _k8s_name(pattern: str) -> Any:
     help="ConfigMap namespace.",
 )
 @click.option("--apply", is_flag=True, help="Server-side apply the ConfigMap instead of printing.")
+@click.option(
+    "--claims",
+    "claims_to",
+    metavar="-|DIR",
+    help="Write adoption claims (Machine, Container) instead of the ConfigMap: to stdout (-) "
+    "or one file per claim in DIR.",
+)
+@click.option(
+    "--claims-namespace",
+    default=DEFAULT_NAMESPACE,
+    show_default=True,
+    callback=_k8s_name(DNS_LABEL),
+    help="Namespace of the adoption claims.",
+)
+@click.option(
+    "--inventory",
+    "inventory_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --claims: check devices and networks against this inventory (ConfigMap or bare "
+    "inventory YAML) instead of the one discovered.",
+)
 def cli(  # click passes every flag by keyword
     *,
     host: str,
@@ -95,8 +138,17 @@ def cli(  # click passes every flag by keyword
     name: str,
     namespace: str,
     apply: bool,
+    claims_to: str | None,
+    claims_namespace: str,
+    inventory_file: Path | None,
 ) -> None:
     """Discover a Proxmox VE cluster and print (or apply) Fabric's inventory ConfigMap."""
+    if claims_to is not None and apply:
+        msg = "--claims writes claims, --apply applies the ConfigMap: choose one"
+        raise click.UsageError(msg)
+    if inventory_file is not None and claims_to is None:
+        msg = "--inventory only applies to --claims"
+        raise click.UsageError(msg)
     token = resolve_token(user, token_name, token_value, os.environ.get(TOKEN_ENV))
     endpoint = Endpoint(
         host=host,
@@ -107,19 +159,88 @@ def cli(  # click passes every flag by keyword
     )
     try:
         overrides = _read_overrides(overrides_file)
-        merged = build_inventory(read_cluster(Api(endpoint, token)), overrides)
+        api = Api(endpoint, token)
+        cluster = read_cluster(api)
+        merged = build_inventory(cluster, overrides)
         manifest = configmap(merged.inventory, name, namespace)
         if not verify_ssl and protocol == "https":
             click.echo("warning: the API's TLS certificate is not verified", err=True)
         for note in merged.warnings:
             click.echo(f"warning: {note}", err=True)
-        if apply:
+        if claims_to is not None:
+            inventory = (
+                load_inventory(inventory_file)
+                if inventory_file is not None
+                else Inventory.model_validate(merged.inventory)
+            )
+            claims, notes = discover_claims(api, cluster, inventory, claims_namespace)
+            for note in notes:
+                click.echo(f"warning: {note}", err=True)
+            write_claims(claims, claims_to)
+        elif apply:
             apply_configmap(manifest)
             click.echo(f"configmap {namespace}/{name} applied (server-side)", err=True)
         else:
             click.echo(yamlio.dump(manifest), nl=False)
     except DiscoveryError as exc:
         raise click.ClickException(str(exc).replace(token.value, "***")) from None
+
+
+def discover_claims(
+    api: Api, cluster: Cluster, inventory: Inventory, namespace: str
+) -> tuple[list[Claim], list[str]]:
+    """An adoption claim for every guest that is neither a template nor tagged `fabric`.
+
+    Each guest's configuration is read; a guest whose configuration cannot be read (its node is
+    offline, the token lacks VM.Audit on it) gets no claim and a warning that says why.
+    """
+    from fabric_discover.merge import FABRIC_TAG  # noqa: PLC0415 - one constant, one module
+
+    nodes = {n.name: n for n in cluster.nodes}
+    guests = [g for g in cluster.guests if not g.template and FABRIC_TAG not in g.tags]
+    names = claim_names(guests)
+    claims: list[Claim] = []
+    notes: list[str] = []
+    for guest in guests:
+        node = nodes.get(guest.node)
+        label = f"{'vm' if guest.kind == 'qemu' else 'ct'} {guest.vmid} {guest.name}"
+        if node is None or not node.online:
+            notes.append(f"{label}: no claim: {guest.node} is offline, its configuration unread")
+            continue
+        try:
+            config = read_guest_config(api, guest)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            notes.append(f"{label}: no claim: {exc}")
+            continue
+        name, renamed = names[guest.vmid]
+        claim = adoption_claim(
+            guest, config, inventory, node=node, name=name, renamed=renamed, namespace=namespace
+        )
+        claims.append(claim)
+        notes.extend(claim.warnings)
+    return claims, notes
+
+
+def write_claims(claims: list[Claim], target: str) -> None:
+    """Print the claims as one YAML stream (`-`) or write one file per claim into a directory.
+
+    Raises:
+        DiscoveryError: the directory cannot be written.
+    """
+    if target == "-":
+        click.echo(stream(claims), nl=False)
+        return
+    folder = Path(target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for claim in claims:
+            (folder / claim.filename).write_text(claim.text(), encoding="utf-8")
+    except OSError as exc:
+        msg = f"--claims {target}: cannot write: {exc}"
+        raise DiscoveryError(msg) from None
+    click.echo(f"{len(claims)} adoption claims written to {folder}", err=True)
 
 
 def resolve_token(

@@ -117,6 +117,7 @@ class UsbDevice:
     product_id: str
     manufacturer: str = ""
     product: str = ""
+    devnode: str = ""  # 002/002: bus and device number under /dev/bus/usb (changes on replug)
 
     @property
     def usb_id(self) -> str:
@@ -627,13 +628,22 @@ def _pci_function(item: dict[str, Any]) -> PciFunction:
 def _usb_device(item: dict[str, Any]) -> UsbDevice:
     # `usbpath` is the port chain below the bus; mappings spell the full path as bus-port.
     port = item.get("usbpath")
+    bus, number = item.get("busnum"), item.get("devnum")
+    devnode = ""
+    if _whole(bus) and _whole(number):
+        devnode = f"{int(str(bus)):03d}/{int(str(number)):03d}"
     return UsbDevice(
         path=f"{item.get('busnum')}-{port}" if port else "",
         vendor=_hex(item.get("vendid")),
         product_id=_hex(item.get("prodid")),
         manufacturer=str(item.get("manufacturer") or ""),
         product=str(item.get("product") or ""),
+        devnode=devnode,
     )
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) or (isinstance(value, str) and value.isdigit())
 
 
 def _guest(item: dict[str, Any], node: str, kind: Kind, path: str) -> Guest:
@@ -664,3 +674,9 @@ def _resource_guests(node: str, resources: list[dict[str, Any]]) -> list[Guest]:
     ]
     offline = f"{node} is offline, {_CONFIG_NOT_READ}"
     return [replace(g, boot_problem=offline) if _is_vm_template(g) else g for g in guests]
+
+
+def read_guest_config(api: Api, guest: Guest) -> dict[str, Any]:
+    """A guest's current configuration: `GET /nodes/{node}/{qemu|lxc}/{vmid}/config`."""
+    path = f"/nodes/{guest.node}/{guest.kind}/{guest.vmid}/config"
+    return _object(api.get(path), path)
