@@ -417,3 +417,44 @@ def test_converted_claims_are_valid_machine_specs(tmp_path: Path) -> None:
 
     for claim in new_claims(result):
         MachineSpec.model_validate(claim["spec"])
+
+
+# --- docs/migrating-from-kubelize.md ------------------------------------------------------------
+
+GUIDE = Path(__file__).parent.parent / "docs" / "migrating-from-kubelize.md"
+
+
+def _guide_block(marker: str) -> str:
+    text = GUIDE.read_text()
+    opening = f"<!-- migrate: {marker} -->\n```yaml\n"
+    start = text.index(opening) + len(opening)
+    return text[start : text.index("\n```", start)] + "\n"
+
+
+def test_the_guide_s_example_is_what_the_command_prints(tmp_path: Path) -> None:
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        Path("old-claims.yaml").write_text(_guide_block("old"))
+        Path("old-workspaces.yaml").write_text(_guide_block("workspaces"))
+        args = ["--inventory", str(INVENTORY), "--workspaces", "old-workspaces.yaml"]
+        result = runner.invoke(cli, [*args, "old-claims.yaml"], catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == _guide_block("new")
+
+
+def test_the_guide_s_steps_agree_with_the_tools() -> None:
+    text = GUIDE.read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+
+    assert [h.split(".")[0] for h in headings[1:]] == ["## 1", "## 2", "## 3", "## 4", "## 5"]
+    # The Workspace the dump shows is the one the commands orphan and delete, orphaned first.
+    workspace_name = yaml.safe_load(_guide_block("workspaces"))["items"][0]["metadata"]["name"]
+    orphan = text.index(f"patch workspaces.tf.upbound.io {workspace_name}")
+    delete = text.index("delete machines.fabric.kubelize.io test-vm")
+    assert text.index("crossplane.io/paused=true") < orphan < delete
+    # Every fabric-migrate option the guide names exists.
+    options = {opt for p in cli.params for opt in p.opts}
+    for option in ("--inventory", "--workspaces", "--vmid", "--host", "--out"):
+        assert option in text
+        assert option in options
