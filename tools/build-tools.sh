@@ -76,3 +76,5 @@ mkdir -p "$cache"
 cp -f "$(module_dir "github.com/crossplane/crossplane/v2@$CROSSPLANE_V2")"/cluster/crds/*.yaml "$cache/"
 chmod -R u+w "$cache"
 log "all tools in $TOOLS"
+# The one-machine cluster (etcd, kube-apiserver, Crossplane core, ...): tools/build-cluster-tools.sh.
+bash "$here/build-cluster-tools.sh"
