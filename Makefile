@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 APT_PACKAGES = cloud-init debootstrap shellcheck nix-bin docker.io
 
-.PHONY: deps render-deps tools render test test-fast lint bench serve docker-env docker-stop
+.PHONY: deps render-deps tools render test test-fast lint bench serve docker-env docker-stop cluster-docs
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -20,6 +20,11 @@ deps:
 # ~/.cache/fabric-tools) and reused while their pinned versions (tools/versions.env) hold.
 tools:
 	bash tools/build-tools.sh
+
+# README's `kubectl get machines` / `kubectl describe machine` output, captured from a real
+# cluster on this machine (tools/cluster.py: etcd, kube-apiserver, Crossplane core, the function).
+cluster-docs: deps tools
+	$(PYTHON) -m tools.cluster docs
 
 # A Docker daemon without a registry, for tests/test_image.py (which starts it itself as root).
 docker-env:

@@ -276,6 +276,7 @@ REAL_TOOL_TESTS = (
     "test_plan_safety.py",
     "test_image.py",
     "test_cloudinit_real.py",
+    "test_real_cluster.py",
 )
 
 
