@@ -177,6 +177,23 @@ def test_reservations_are_the_rendered_ones(cluster: real.Cluster, stem: str) ->
         assert r["spec"] == want[name]["spec"], name
 
 
+def test_core_runs_with_what_the_chart_and_cluster_rbac_grant(cluster: real.Cluster) -> None:
+    """Core is its ServiceAccount, not an admin: cluster/rbac.yaml is what lets it reserve."""
+
+    def can(verb: str, what: str) -> bool:
+        out = cluster.kubectl("auth", "can-i", verb, what, f"--as={real.CORE_USER}", check=False)
+        return out.strip() == "yes"
+
+    for verb in ("list", "watch", "create", "delete"):
+        assert can(verb, "reservations.fabric.homelab.io"), verb
+    assert can("create", "workspaces.tf.upbound.io")
+    assert can("list", "xmachines.fabric.homelab.io")
+    assert not can("create", "nodes")
+    assert not can("delete", "namespaces")
+    log = (cluster.workdir / "logs" / "crossplane.log").read_text()
+    assert "is forbidden" not in log
+
+
 def test_printer_columns(cluster: real.Cluster) -> None:
     table = cluster.kubectl("get", "machines", "-n", NS).splitlines()
     header = table[0].split()

@@ -10,7 +10,8 @@
 #                              kubernetes-client is 1.20, far outside kubectl's +/-1 version skew)
 #     bin/crossplane-core-2.0  Crossplane core (github.com/crossplane/crossplane/v2/cmd/crossplane
 #                              $CROSSPLANE_V2, the same release as bin/crossplane-2.0)
-#     crossplane-core-2.0/crds/  its CRDs (what `crossplane core init` installs, from the module)
+#     crossplane-core-2.0/     its CRDs (what `crossplane core init` installs) and the Helm
+#                              chart's ClusterRole template for core, from the module source
 #     bin/registry             an in-memory OCI registry on localhost
 #                              (github.com/google/go-containerregistry/cmd/registry $GGCR_VERSION,
 #                              the registry library Crossplane itself pulls packages with), so
@@ -110,18 +111,21 @@ build_kubernetes() {
 # --- Crossplane core: the v2.0.x module has no replace directive, so it builds from its own
 # downloaded source (its go.mod and go.sum decide every dependency), like build-tools.sh's CLIs.
 build_crossplane_core() {
-  local v=$CROSSPLANE_V2 dir
+  local v=$CROSSPLANE_V2 dir assets=$TOOLS/crossplane-core-2.0
+  dir=$(module_json "github.com/crossplane/crossplane/v2@$v" Dir)
+  # What `core init` installs, and the ClusterRoles the Helm chart gives core (rendered by
+  # tools/cluster.py): read from the same release's source, refreshed on every run.
+  rm -rf "$assets"
+  mkdir -p "$assets/crds"
+  cp "$dir"/cluster/crds/*.yaml "$assets/crds/"
+  cp "$dir/cluster/charts/crossplane/templates/clusterrole.yaml" "$assets/"
+  chmod -R u+w "$assets"
   cached crossplane-core-2.0 "$v" && { log "crossplane-core-2.0 $v: cached"; return; }
   log "crossplane-core-2.0 $v: building"
   local start=$SECONDS
-  dir=$(module_json "github.com/crossplane/crossplane/v2@$v" Dir)
   (cd "$dir" && go build -trimpath \
     -ldflags="-s -w -X=github.com/crossplane/crossplane/v2/internal/version.version=$v" \
     -o "$BIN/crossplane-core-2.0" ./cmd/crossplane)
-  rm -rf "$TOOLS/crossplane-core-2.0/crds"
-  mkdir -p "$TOOLS/crossplane-core-2.0/crds"
-  cp "$dir"/cluster/crds/*.yaml "$TOOLS/crossplane-core-2.0/crds/"
-  chmod -R u+w "$TOOLS/crossplane-core-2.0"
   stamp crossplane-core-2.0 "$v"
   log "crossplane-core-2.0 $v: built in $((SECONDS - start)) s"
 }

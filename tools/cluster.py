@@ -73,6 +73,8 @@ APISERVER_PORT = 6443
 REGISTRY_PORT = 5000
 PROXY_PORT = 3128
 FUNCTION_PORT = 9443  # the port the function's container would serve on
+CORE_METRICS_PORT = 8085  # the RBAC manager keeps controller-runtime's default, 8080
+CORE_USER = f"system:serviceaccount:{NAMESPACE}:crossplane"
 
 
 def missing_tools() -> list[str]:
@@ -203,6 +205,20 @@ def _certificates(out: Path) -> None:
         ),
         server=False,
     )
+    # Crossplane core authenticates as its ServiceAccount would; RBAC decides what it may do.
+    leaf(
+        "crossplane",
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:serviceaccounts"),
+                x509.NameAttribute(
+                    NameOID.ORGANIZATION_NAME, f"system:serviceaccounts:{NAMESPACE}"
+                ),
+                x509.NameAttribute(NameOID.COMMON_NAME, CORE_USER),
+            ]
+        ),
+        server=False,
+    )
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     write("sa.key", key_pem(sa))
     write(
@@ -213,7 +229,7 @@ def _certificates(out: Path) -> None:
     )
 
 
-def _kubeconfig(certs: Path) -> dict[str, Any]:
+def _kubeconfig(certs: Path, user: str = "admin") -> dict[str, Any]:
     def b64(name: str) -> str:
         return base64.b64encode((certs / name).read_bytes()).decode()
 
@@ -233,8 +249,8 @@ def _kubeconfig(certs: Path) -> dict[str, Any]:
             {
                 "name": "admin",
                 "user": {
-                    "client-certificate-data": b64("admin.crt"),
-                    "client-key-data": b64("admin.key"),
+                    "client-certificate-data": b64(f"{user}.crt"),
+                    "client-key-data": b64(f"{user}.key"),
                 },
             }
         ],
@@ -492,18 +508,28 @@ class Cluster:
             f"--kubeconfig={self.kubeconfig}",
             f"--authentication-kubeconfig={self.kubeconfig}",
             f"--authorization-kubeconfig={self.kubeconfig}",
-            "--controllers=garbagecollector,namespace",
+            "--controllers=garbagecollector,namespace,clusterrole-aggregation",
             "--bind-address=127.0.0.1", "--secure-port=10257",
             "--leader-elect=false",
         ])  # fmt: skip
         self._spawn("registry", [str(b / "registry"), "-port", str(REGISTRY_PORT)])
 
+        self._start_crossplane(certs)
+        self.timings["crossplane started"] = time.monotonic() - began
+        self.log("Crossplane core started")
+
+    def _start_crossplane(self, certs: Path) -> None:
+        b = self.bin
         # Crossplane: `core init` (its CRDs, the root CA and core's client certificate), then
         # `core start` with that certificate, as the Helm chart's init container and pod do.
         self.kubectl("create", "namespace", NAMESPACE)
         # The Helm chart's ServiceAccount: core reads it (its image pull secrets) for every
         # package Deployment it builds.
         self.kubectl("create", "serviceaccount", "crossplane", "-n", NAMESPACE)
+        self.apply_docs(core_rbac())
+        core_kubeconfig = self.workdir / "kubeconfig-crossplane"
+        core_kubeconfig.write_text(yaml.safe_dump(_kubeconfig(certs, "crossplane")))
+        core_kubeconfig.chmod(0o600)
         crds = realtools.home() / "crossplane-core-2.0" / "crds"
         tls = {
             "TLS_CA_SECRET_NAME": "crossplane-root-ca",
@@ -513,7 +539,7 @@ class Cluster:
         }
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
+            "KUBECONFIG": str(core_kubeconfig),
             **tls,
             "CRDS_PATH": str(crds),
             "WEBHOOK_ENABLED": "false",
@@ -540,10 +566,14 @@ class Cluster:
         client_dir = self.workdir / "crossplane-tls-client"
         self._secret_to_dir(NAMESPACE, "crossplane-tls-client", client_dir)
         (self.workdir / "xpkg-cache").mkdir(exist_ok=True)
+        # The RBAC manager (the chart's second Deployment) with its broad role: here the admin.
+        self._spawn("crossplane-rbac-manager", [str(b / "crossplane-core-2.0"), "rbac", "start"])
         self._spawn(
             "crossplane",
             [str(b / "crossplane-core-2.0"), "core", "start", "--enable-webhooks=false", "--debug"],
             env={
+                "KUBECONFIG": str(core_kubeconfig),
+                "METRICS_PORT": str(CORE_METRICS_PORT),
                 **tls,
                 "TLS_CLIENT_CERTS_DIR": str(client_dir),
                 "XPKG_CACHE_DIR": str(self.workdir / "xpkg-cache"),
@@ -552,8 +582,6 @@ class Cluster:
                 "NO_PROXY": "127.0.0.1,localhost",
             },
         )
-        self.timings["crossplane started"] = time.monotonic() - began
-        self.log("Crossplane core started")
 
     def _secret_to_dir(self, namespace: str, name: str, out: Path) -> None:
         """A TLS Secret's keys as files (mode 0600), as a Pod's secret volume would mount them."""
@@ -739,6 +767,60 @@ def _conditions(obj: Any) -> dict[str, str]:
     if not obj:
         return {}
     return {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def core_rbac() -> list[dict[str, Any]]:
+    """What the Helm chart grants core: its ClusterRoles, bound to its ServiceAccount.
+
+    The chart's template is read from the pinned release (tools/build-cluster-tools.sh copies
+    it) and rendered with the chart's defaults (the RBAC manager deployed: `crossplane`
+    aggregates every ClusterRole labelled `rbac.crossplane.io/aggregate-to-crossplane`). The RBAC
+    manager grants core access to an XRD's kinds; to a provider's kinds it does so when the
+    provider package is installed, which this cluster does not do: one ClusterRole stands in
+    for that grant on provider-terraform's Workspaces.
+    """
+    template = realtools.home() / "crossplane-core-2.0" / "clusterrole.yaml"
+    lines = []
+    for line in template.read_text().splitlines():
+        if re.fullmatch(r"\s*\{\{-? (if \.Values\.rbacManager\.deploy|end) -?\}\}\s*", line):
+            continue  # the chart's default: the RBAC manager is deployed
+        if re.fullmatch(r'\s*\{\{- include "crossplane\.labels" .*\}\}\s*', line):
+            continue
+        lines.append(line.replace('{{ template "crossplane.name" . }}', "crossplane"))
+    rendered = "\n".join(lines)
+    if "{{" in rendered:
+        msg = f"{template}: a template construct this renderer does not know"
+        raise ClusterError(msg)
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    aggregate = {"rbac.crossplane.io/aggregate-to-crossplane": "true"}
+    docs.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "crossplane:provider-terraform:stand-in", "labels": aggregate},
+            "rules": [
+                {
+                    "apiGroups": ["tf.upbound.io", "tf.m.upbound.io"],
+                    "resources": ["*"],
+                    "verbs": ["*"],
+                }
+            ],
+        }
+    )
+    docs.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "crossplane"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "crossplane",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "crossplane", "namespace": NAMESPACE}],
+        }
+    )
+    return docs
 
 
 def provider_terraform_crds() -> list[Path]:
