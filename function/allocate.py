@@ -23,6 +23,12 @@ class NodeUse:
     memory_mib: int = 0
 
 
+def _names_adopted(held_by: str, adopted: frozenset[int]) -> bool:
+    """Whether a device's heldBy text ("113 frigate") names an adopted guest's VMID first."""
+    first = held_by.split(maxsplit=1)[0] if held_by.strip() else ""
+    return first.isdigit() and int(first) in adopted
+
+
 @dataclass
 class Ledger:
     """Everything held by someone: node capacity, devices, VMIDs, addresses, spread groups."""
@@ -50,8 +56,13 @@ class Ledger:
     _node_index: dict[str, Node] = field(default_factory=dict)
 
     @classmethod
-    def from_inventory(cls, inv: Inventory) -> Ledger:
-        """A ledger holding what the inventory itself reserves."""
+    def from_inventory(cls, inv: Inventory, adopted: frozenset[int] = frozenset()) -> Ledger:
+        """A ledger holding what the inventory itself reserves.
+
+        `adopted`: VMIDs that Machine claims adopt. Such a guest is a member of the fleet now,
+        counted and holding its devices through its claim, so the inventory's `unmanaged`
+        entry and the `heldBy` marks naming it (by VMID, "113 frigate") no longer count.
+        """
         ledger = cls(inv, nodes={n.name: NodeUse() for n in inv.nodes})
         ledger._node_index = {n.name: n for n in inv.nodes}
         ledger._next_vmid = inv.vmids.start
@@ -59,9 +70,11 @@ class Ledger:
             ledger.vmid_holder[vmid] = "reserved in the inventory"
         for node in inv.nodes:
             for device in node.devices:
-                if device.held_by:
+                if device.held_by and not _names_adopted(device.held_by, adopted):
                     ledger.device_holder[device.mapping] = f"unmanaged guest {device.held_by}"
         for guest in inv.unmanaged:
+            if guest.vmid in adopted:
+                continue
             ledger.vmid_holder[guest.vmid] = f"unmanaged {guest.kind} {guest.name}"
             use = ledger.nodes[guest.node]
             use.cpu += guest.cpu

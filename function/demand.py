@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from function import cloudinit
 from function.errors import FabricError, show_value
-from function.model import Defaults, Image, Inventory, MachineSpec, Network
+from function.model import AdoptRequest, Defaults, Image, Inventory, MachineSpec, Network
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,9 @@ class Demand:
 
     cpu: int
     memory_mib: int
-    disk_gib: int
-    image_name: str
-    image: Image
+    disk_gib: int  # 0: not stated (an adopted guest keeps its disks)
+    image_name: str | None  # None for an adopted guest: Fabric never clones it
+    image: Image | None
     devices: tuple[DeviceDemand, ...]
     network_name: str | None
     network: Network | None
@@ -41,6 +41,7 @@ class Demand:
     spread_group: str | None
     pin: str | None
     strategy: str
+    adopt: AdoptRequest | None = None
 
 
 def _unknown(*, field: str, value: str, known: list[str]) -> FabricError:
@@ -131,6 +132,8 @@ def _network(spec: MachineSpec, inv: Inventory) -> tuple[str | None, Network | N
 
 def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
     """Resolve a claim spec against the inventory; raise FabricError naming the bad field."""
+    if spec.adopt is not None:
+        return _adopted(spec, spec.adopt, inv)
     size = None
     if spec.size_class is not None:
         if spec.size_class not in inv.classes:
@@ -188,3 +191,87 @@ def check_secret_namespaces(spec: MachineSpec, home: str | None) -> None:
                 f"accepted: {home!r}"
             )
             raise FabricError(msg)
+
+
+# Claim fields that describe how Fabric creates a guest: an adopted guest exists already, so
+# each would either be ignored silently or, worse, ask for a clone. Refused instead.
+_CREATION_FIELDS = (
+    ("class", lambda s: s.size_class is not None),
+    ("image", lambda s: s.image is not None),
+    ("devices", lambda s: bool(s.devices)),
+    ("roles", lambda s: bool(s.roles)),
+    ("nix", lambda s: s.nix is not None),
+    ("bootstrap", lambda s: s.bootstrap != type(s.bootstrap)()),
+    ("storage", lambda s: s.storage != type(s.storage)()),
+    ("placement", lambda s: s.placement != type(s.placement)()),
+)
+
+
+def _adopted(spec: MachineSpec, adopt: AdoptRequest, inv: Inventory) -> Demand:
+    """Admission of an existing guest: where it is and what it holds, as the claim states."""
+    for name, given in _CREATION_FIELDS:
+        if given(spec):
+            msg = (
+                f"spec.{name}: an adopted guest (spec.adopt) is not created by Fabric, so it "
+                f"takes no {name}; accepted: leave spec.{name} out (devices it already uses go "
+                "in spec.adopt.devices)"
+            )
+            raise FabricError(msg)
+    for name, value in (("cpu", spec.cpu), ("memory", spec.memory)):
+        if value is None:
+            msg = (
+                f"spec.{name}: is required for an adopted guest; accepted: what the guest has "
+                "now (fabric-discover writes it), which counts on its node"
+            )
+            raise FabricError(msg)
+    node = inv.node(adopt.node)
+    if node is None:
+        known = ", ".join(n.name for n in inv.nodes)
+        msg = f"spec.adopt.node: {adopt.node!r} is not a node; accepted: {known}"
+        raise FabricError(msg)
+    on_node = {d.mapping for d in node.devices}
+    for i, mapping in enumerate(adopt.devices):
+        if mapping not in on_node:
+            accepted = ", ".join(sorted(on_node)) or "none (the inventory lists no device there)"
+            msg = (
+                f"spec.adopt.devices[{i}]: {mapping!r} is not a device mapping of node "
+                f"{adopt.node}; accepted: {accepted}"
+            )
+            raise FabricError(msg)
+    _check_template(adopt.vmid, inv)
+    network_name, network, address = _network(spec, inv)
+    if address == "auto":
+        msg = (
+            "spec.network.address: 'auto' would give the adopted guest a new address; accepted: "
+            "the address it has (a static address with prefix) or dhcp"
+        )
+        raise FabricError(msg)
+    return Demand(
+        cpu=spec.cpu or 0,
+        memory_mib=spec.memory or 0,
+        disk_gib=spec.disk or 0,
+        image_name=None,
+        image=None,
+        devices=(),
+        network_name=network_name,
+        network=network,
+        address=address,
+        pool=None,
+        spread_group=None,
+        pin=adopt.node,
+        strategy=inv.scoring,
+        adopt=adopt,
+    )
+
+
+def _check_template(vmid: int, inv: Inventory) -> None:
+    for image_name, image in sorted(inv.images.items()):
+        if vmid in image.templates.values():
+            msg = (
+                f"spec.adopt.vmid: {vmid} is a template of image {image_name}; accepted: the "
+                "VMID of a guest"
+            )
+            raise FabricError(msg)
+    if vmid in inv.reserved_vmids:
+        msg = f"spec.adopt.vmid: {vmid} is reserved in the inventory; accepted: a guest's VMID"
+        raise FabricError(msg)

@@ -54,6 +54,9 @@ class Held:
     # The datastore holding the snippets the VM boots from: its cicustom points there for good,
     # so a later edit of the node's snippetsDatastore must not move them.
     snippets: str | None = None
+    # An existing guest a claim adopted: Terraform imported it, Fabric never cloned it, and it
+    # must never be rendered as a clone (bpg would replace it).
+    adopted: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,8 @@ def held_from_workspace(workspace: dict[str, Any]) -> Held | None:
     snippets = _text(notes.get(ANNOTATION_PREFIX + "snippets")) or _text(
         dig(module_of(workspace), *USER_DATA_DATASTORE)
     )
-    return Held(node, vmid, devices, address, network, snippets)
+    adopted = notes.get(ANNOTATION_PREFIX + "adopted") == "true"
+    return Held(node, vmid, devices, address, network, snippets, adopted)
 
 
 # Where, in a module, the user-data snippet's datastore is.

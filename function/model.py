@@ -228,6 +228,33 @@ class Bootstrap(Strict):
         return secrets
 
 
+# What an adopted guest's claim may take over from its current configuration, one at a time.
+MANAGEABLE = ("cpu", "memory", "powerState", "protection")
+
+
+class AdoptRequest(Strict):
+    """An existing guest this claim is: where it runs, what it holds, what Fabric manages.
+
+    An adopted guest starts hands-off: Terraform imports it and changes nothing. Each field in
+    `manage` is then taken over from the claim, and only those.
+    """
+
+    node: DnsLabel
+    vmid: VmId
+    devices: list[Name] = Field(default_factory=list, max_length=16)  # resource mappings it uses
+    manage: list[Literal["cpu", "memory", "powerState", "protection"]] = Field(
+        default_factory=list, max_length=len(MANAGEABLE)
+    )
+
+    @field_validator("devices", "manage")
+    @classmethod
+    def _listed_once(cls, items: list[str]) -> list[str]:
+        if len(set(items)) != len(items):
+            msg = "each entry may be listed once"
+            raise ValueError(msg)
+        return items
+
+
 class MachineSpec(Strict):
     """The intent of a Machine claim (DESIGN §2)."""
 
@@ -248,6 +275,7 @@ class MachineSpec(Strict):
     )
     power_state: Literal["Running", "Stopped"] = Field(default="Running", alias="powerState")
     protection: bool = False
+    adopt: AdoptRequest | None = None
 
     @field_validator("roles")
     @classmethod

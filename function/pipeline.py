@@ -182,6 +182,10 @@ def _me(
         if held is None:
             msg = "the observed Workspace carries no Fabric placement; it is held unchanged"
             raise Hold(phase="Held", reason="UnexpectedWorkspace", message=msg)
+    elif spec.adopt is not None:
+        # Nothing applied yet: an adoption's placement is what the claim says the guest has,
+        # worked out again each time (and checked against every other holder).
+        held = None
     else:
         held = _attempt(xr, table, own or {})
     meta = fleet.obj(xr.get("metadata"))
@@ -222,7 +226,13 @@ def drift(spec: MachineSpec, demand: Demand, placement: Placement) -> list[str]:
             "moving a machine is an explicit act (delete and re-create the claim)"
         )
     wanted = sum(d.count for d in demand.devices)
-    if wanted != len(placement.devices):
+    if demand.adopt is not None:
+        if tuple(sorted(demand.adopt.devices)) != placement.devices:
+            notes.append(
+                f"spec.adopt.devices lists {', '.join(sorted(demand.adopt.devices)) or 'none'}; "
+                f"the machine holds {', '.join(placement.devices) or 'none'} as it was adopted"
+            )
+    elif wanted != len(placement.devices):
         notes.append(
             f"spec.devices asks for {wanted} device(s); the machine holds {len(placement.devices)} "
             "and keeps them until it is re-created"
@@ -309,11 +319,40 @@ def _unschedulable(outcome: Outcome) -> Hold:
     return Hold(phase="Unschedulable", reason="Unschedulable", message=outcome.unschedulable or "")
 
 
+def _check_origin(spec: MachineSpec, placement: Placement) -> None:
+    """Hold an edit that would turn an adopted guest into a created machine, or back.
+
+    Either would render a module that replaces the VM (a clone block on an imported VM is
+    bpg #1988), and a changed adopt.node or adopt.vmid is another guest.
+    """
+    if placement.adopted and spec.adopt is None:
+        msg = (
+            "spec.adopt: removed, but this machine is an adopted guest that Fabric never cloned; "
+            "accepted: spec.adopt as it was (node and vmid of the guest)"
+        )
+        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+    if not placement.adopted and spec.adopt is not None:
+        msg = "spec.adopt: added, but Fabric created this machine itself; accepted: no spec.adopt"
+        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+    if spec.adopt is not None and (spec.adopt.node, spec.adopt.vmid) != (
+        placement.node,
+        placement.vmid,
+    ):
+        msg = (
+            f"spec.adopt: names VMID {spec.adopt.vmid} on {spec.adopt.node}, but this claim "
+            f"adopted VMID {placement.vmid} on {placement.node}; accepted: that guest (adopting "
+            "another one is a new claim)"
+        )
+        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+
+
 def _placed(
     decision: Decision, req: Request, subject: render.Subject, placement: Placement
 ) -> None:
     report = decision.report
     spec, demand, inv = subject.spec, subject.demand, subject.inv
+    if req.observed_ws is not None:
+        _check_origin(spec, placement)
     for note in drift(spec, demand, placement):
         report.warn(note)
     if inv.node(placement.node) is None:
@@ -331,6 +370,11 @@ def _placed(
             f"cannot shrink; accepted: {had}Gi or more"
         )
         raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+    for change in workspace.taken_over(req.observed_ws, decision.desired_ws):
+        report.warn(
+            f"Fabric takes over {change} of the adopted guest: the next apply sets it from "
+            "the claim (a CPU or memory change takes effect when the guest next restarts)"
+        )
     power = workspace.power_change(req.observed_ws, decision.desired_ws)
     if power is not None:
         report.warn(power)
@@ -348,7 +392,12 @@ def _placed(
     where = f"node {placement.node}, VMID {placement.vmid}"
     report.condition("Scheduled", "True", "Placed", f"placed on {where}")
     report.condition("Valid", "True", "SpecValid", "the claim is valid and applied")
-    if placement.fresh:
+    if placement.adopted and placement.fresh:
+        report.notice(
+            f"adopting the existing guest {placement.vmid} on node {placement.node}: Terraform "
+            "imports it and changes nothing on it until spec.adopt.manage names a field"
+        )
+    elif placement.fresh:
         others = list(placement.considered[1:4])
         alt = f" (also fitted: {', '.join(others)})" if others else ""
         report.notice(f"placed on {where}{alt}")

@@ -35,11 +35,14 @@ class Placement:
     fresh: bool  # placed by this call, not read back
     considered: tuple[str, ...] = ()  # nodes that fitted, best first (fresh placements only)
     snippets: str | None = None  # read back: where the VM's snippets are (None: not yet made)
+    adopted: bool = False  # an existing guest the claim adopted, never cloned by Fabric
 
     def held(self, snippets: str | None = None) -> Held:
         """The placement as it is recorded for good, with where its snippets went."""
         where = snippets or self.snippets
-        return Held(self.node, self.vmid, self.devices, self.address, self.network, where)
+        return Held(
+            self.node, self.vmid, self.devices, self.address, self.network, where, self.adopted
+        )
 
     @classmethod
     def of_held(cls, held: Held) -> Placement:
@@ -52,6 +55,7 @@ class Placement:
             held.network,
             fresh=False,
             snippets=held.snippets,
+            adopted=held.adopted,
         )
 
 
@@ -134,6 +138,8 @@ def _address(ledger: Ledger, key: str, demand: Demand) -> tuple[str | None, str 
 
 
 def _place(ledger: Ledger, key: str, demand: Demand) -> Outcome:
+    if demand.adopt is not None:
+        return _adopt(ledger, key, demand)
     nodes = ledger.inv.nodes
     verdict = schedule(nodes, demand, ledger, key)
     if verdict.chosen is None:
@@ -159,6 +165,42 @@ def _place(ledger: Ledger, key: str, demand: Demand) -> Outcome:
     return Outcome(placement)
 
 
+def _adopt(ledger: Ledger, key: str, demand: Demand) -> Outcome:
+    """An existing guest's placement: where it is and what it holds, unless another has it.
+
+    Never scheduled: the guest runs where it runs, even on a node closed to new machines or
+    past its capacity (it counts there all the same).
+    """
+    adopt = demand.adopt
+    assert adopt is not None
+    holder = ledger.vmid_holder.get(adopt.vmid)
+    if holder is not None and holder != key:
+        return Outcome(None, f"spec.adopt.vmid: {adopt.vmid} is held by {holder}")
+    for mapping in adopt.devices:
+        holder = ledger.device_holder.get(mapping)
+        if holder is not None and holder != key:
+            return Outcome(None, f"spec.adopt.devices: {mapping} is held by {holder}")
+    address, why = _address(ledger, key, demand)
+    if why is not None:
+        return Outcome(None, why)
+    placement = Placement(
+        adopt.node,
+        adopt.vmid,
+        tuple(sorted(adopt.devices)),
+        address,
+        demand.network_name,
+        fresh=True,
+        adopted=True,
+    )
+    hold(ledger, key, placement.held(), demand)
+    return Outcome(placement)
+
+
+def adopted_vmids(fleet: list[Member]) -> frozenset[int]:
+    """The VMIDs the fleet's claims adopt (see Ledger.from_inventory)."""
+    return frozenset(m.spec.adopt.vmid for m in fleet if m.spec is not None and m.spec.adopt)
+
+
 def assign(
     inv: Inventory,
     defaults: Defaults,
@@ -177,7 +219,7 @@ def assign(
         # so its outcome needs no ledger. Building one from every other member anyway was
         # most of a steady-state call with a large fleet.
         return Outcome(Placement.of_held(me.held))
-    ledger = Ledger.from_inventory(inv)
+    ledger = Ledger.from_inventory(inv, adopted_vmids(fleet))
     for thing, holder in (reserved or {}).items():
         ledger.hold_thing(thing.kind, thing.value, holder)
     demands = Demands(inv, defaults)

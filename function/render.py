@@ -50,7 +50,7 @@ def held_devices(placement: Placement, inv: Inventory) -> tuple[Device, ...]:
 
 
 def guest_facts(
-    subject: Subject, placement: Placement, devices: tuple[Device, ...]
+    subject: Subject, placement: Placement, devices: tuple[Device, ...], os_family: str
 ) -> cloudinit.GuestFacts:
     """What the user-data composer may know about the machine."""
     machine, spec, demand = subject.machine, subject.spec, subject.demand
@@ -72,7 +72,7 @@ def guest_facts(
         admin_user=spec.bootstrap.admin_user or fn_input.defaults.admin_user,
         ssh_keys=tuple(spec.bootstrap.ssh_authorized_keys),
         timezone=fn_input.defaults.timezone,
-        os_family=demand.image.os,
+        os_family=os_family,
         roles=tuple(spec.roles),
         devices=tuple(
             cloudinit.DeviceFact(d.device_class, d.mapping, d.bus, tuple(d.ids), d.model)
@@ -95,7 +95,7 @@ def meta_data(name: str, hostname: str) -> str:
 
 
 def _template_vmid(demand: Demand, node: str) -> int:
-    vmid = demand.image.templates.get(node)
+    vmid = demand.image.templates.get(node) if demand.image else None
     if vmid is None:
         msg = (
             f"spec.image: {demand.image_name!r} has no template on node {node}, where this "
@@ -107,8 +107,53 @@ def _template_vmid(demand: Demand, node: str) -> int:
 
 def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, object]:
     """Render everything for a placed machine; FabricError when the claim cannot be rendered."""
-    machine, spec, demand = subject.machine, subject.spec, subject.demand
-    inv, fn_input = subject.inv, subject.fn_input
+    machine, spec, fn_input = subject.machine, subject.spec, subject.fn_input
+    name = workspace.external_name(machine.xr_uid, machine.xr_name, machine.namespace)
+    if placement.adopted:
+        module_json, snippets = _adopted_module(subject, placement), None
+        # An adopted guest outlives its claim unless the claim says otherwise: Fabric did not
+        # make it, and deleting a claim must not be how one loses a guest made by hand.
+        policy = spec.deletion_policy or "Orphan"
+    else:
+        module_json, snippets = _created_module(subject, placement, name)
+        policy = spec.deletion_policy or fn_input.deletion_policy
+    return workspace.manifest(
+        workspace.WorkspaceShape(
+            external_name=name,
+            machine_key=machine.key,
+            namespaced=machine.namespace is not None,
+            provider_config=fn_input.provider_config_name,
+            deletion_policy=policy,
+            held=placement.held(snippets),
+            module_json=module_json,
+            secrets=tuple(spec.bootstrap.secrets),
+        )
+    )
+
+
+def _adopted_module(subject: Subject, placement: Placement) -> str:
+    """The module of an adopted guest: import it, then manage only what the claim took over."""
+    spec, demand = subject.spec, subject.demand
+    manage = frozenset(spec.adopt.manage) if spec.adopt else frozenset()
+    shape = terraform.AdoptedShape(
+        node=placement.node,
+        vmid=placement.vmid,
+        manage=manage,
+        cpu=demand.cpu,
+        memory_mib=demand.memory_mib,
+        started=spec.power_state == "Running",
+        protection=spec.protection,
+        address=placement.address,
+    )
+    return terraform.to_json(terraform.adopted_module(shape))
+
+
+def _created_module(subject: Subject, placement: Placement, name: str) -> tuple[str, str]:
+    """The module of a machine Fabric clones, and the datastore its snippets are on."""
+    machine, spec, demand, inv = subject.machine, subject.spec, subject.demand, subject.inv
+    if demand.image is None:
+        msg = "spec.image: is required for a machine Fabric creates"
+        raise FabricError(msg)
     devices = held_devices(placement, inv)
     node = inv.node(placement.node)
     if node is None:
@@ -116,9 +161,8 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
         raise FabricError(msg)
     # A machine's snippets stay where they were written: its cicustom points there.
     snippets = placement.snippets or node.snippets_datastore
-    facts = guest_facts(subject, placement, devices)
+    facts = guest_facts(subject, placement, devices, demand.image.os)
     user_data = cloudinit.compose(facts)
-    name = workspace.external_name(machine.xr_uid, machine.xr_name, machine.namespace)
     shape = terraform.VmShape(
         name=name,
         hostname=machine.hostname,
@@ -142,16 +186,4 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
         started=spec.power_state == "Running",
         protection=spec.protection,
     )
-    module_json = terraform.to_json(terraform.module(shape))
-    return workspace.manifest(
-        workspace.WorkspaceShape(
-            external_name=name,
-            machine_key=machine.key,
-            namespaced=machine.namespace is not None,
-            provider_config=fn_input.provider_config_name,
-            deletion_policy=spec.deletion_policy or fn_input.deletion_policy,
-            held=placement.held(snippets),
-            module_json=module_json,
-            secrets=tuple(spec.bootstrap.secrets),
-        )
-    )
+    return terraform.to_json(terraform.module(shape)), snippets

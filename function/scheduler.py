@@ -60,8 +60,8 @@ def _pinned(node: Node, demand: Demand, _ledger: Ledger, _key: str) -> str | Non
 
 
 def _image(node: Node, demand: Demand, _ledger: Ledger, _key: str) -> str | None:
-    if node.name in demand.image.templates:
-        return None
+    if demand.image is None or node.name in demand.image.templates:
+        return None  # (an adopted guest has no image, and is never scheduled: placement.adopt)
     return f"no template of image {demand.image_name}"
 
 

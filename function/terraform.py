@@ -269,9 +269,9 @@ def _vm(shape: VmShape) -> dict[str, Any]:
     return vm
 
 
-def _outputs(shape: VmShape) -> dict[str, Any]:
-    if shape.address is not None:
-        ipv4: str = shape.address.split("/", 1)[0]
+def _outputs(address: str | None) -> dict[str, Any]:
+    if address is not None:
+        ipv4: str = address.split("/", 1)[0]
     else:
         # ipv4_addresses is one list per interface, loopback included, empty until the agent runs
         # and for an interface without IPv4 (Docker's and k3s's veths). flatten, not a test of
@@ -303,13 +303,114 @@ def module(shape: VmShape) -> dict[str, Any]:
             },
             VM: {"machine": _vm(shape)},
         },
-        "output": _outputs(shape),
+        "output": _outputs(shape.address),
     }
     if shape.secret_names:
         doc["variable"] = {
             secret_variable(n): {"type": "string", "sensitive": True}
             for n in sorted(shape.secret_names)
         }
+    return _escape_all(doc)
+
+
+# --- adopted guests ----------------------------------------------------------------------------
+#
+# An adopted guest is imported (Terraform 1.5: an `import` block with a literal "node/vmid") and
+# starts hands-off: `ignore_changes = all` makes every plan a no-op for it, whatever the module
+# says. No clone block ever (bpg #1988: importing a VM whose config has one plans a replacement).
+# Each field the claim takes over (spec.adopt.manage) is then set from the claim and only that
+# field is left out of ignore_changes; inside a block (cpu, memory) only the one value Fabric
+# sets is managed, the rest stays as the guest has it.
+
+# Every argument of bpg's VM resource a module can set (v0.111.1; tests/test_adoption.py checks
+# this against `terraform providers schema -json` of the pinned provider, so a bump that adds
+# one fails there instead of leaving it managed by accident).
+VM_ARGUMENTS = (
+    "acpi", "agent", "amd_sev", "audio_device", "bios", "boot_order", "cdrom", "clone", "cpu",
+    "delete_unreferenced_disks_on_destroy", "description", "disk", "efi_disk",
+    "hook_script_file_id", "hostpci", "hotplug", "initialization", "keyboard_layout",
+    "kvm_arguments", "mac_addresses", "machine", "memory", "migrate", "name", "network_device",
+    "node_name",
+    "numa", "on_boot", "operating_system", "pool_id", "protection", "purge_on_destroy", "reboot",
+    "reboot_after_update", "rng", "scsi_hardware", "serial_device", "smbios", "started",
+    "startup", "stop_on_destroy", "tablet_device", "tags", "template", "timeout_clone",
+    "timeout_create", "timeout_migrate", "timeout_move_disk", "timeout_reboot",
+    "timeout_shutdown_vm", "timeout_start_vm", "timeout_stop_vm", "tpm_state", "usb", "vga",
+    "virtiofs", "vm_id", "watchdog",
+)  # fmt: skip
+VM_CPU_FIELDS = (
+    "affinity", "architecture", "cores", "flags", "hotplugged", "limit", "numa", "sockets",
+    "type", "units",
+)  # fmt: skip
+VM_MEMORY_FIELDS = ("dedicated", "floating", "hugepages", "keep_hugepages", "shared")
+
+
+@dataclass(frozen=True)
+class AdoptedShape:
+    """An adopted guest: where it is, and the claim's values of the fields it took over."""
+
+    node: str
+    vmid: int
+    manage: frozenset[str]  # names from model.MANAGEABLE
+    cpu: int
+    memory_mib: int
+    started: bool
+    protection: bool
+    address: str | None  # static CIDR address the claim states; None: DHCP or unknown
+
+
+def _managed_vm_arguments(shape: AdoptedShape) -> dict[str, Any]:
+    """The arguments the claim took over, with their values; block values set one field."""
+    managed: dict[str, Any] = {}
+    if "cpu" in shape.manage:
+        managed["cpu"] = [{"cores": shape.cpu}]
+    if "memory" in shape.manage:
+        managed["memory"] = [{"dedicated": shape.memory_mib}]
+    if "powerState" in shape.manage:
+        managed.update(started=shape.started, on_boot=shape.started)
+    if "protection" in shape.manage:
+        managed["protection"] = shape.protection
+    if managed:
+        # An imported VM's state says true (bpg's default): a CPU or memory edit would reboot
+        # it at once. The change waits for the guest's next restart, as for created machines.
+        managed["reboot_after_update"] = False
+    return managed
+
+
+def _ignored(managed: dict[str, Any]) -> list[str] | str:
+    """ignore_changes for an adopted VM: everything but what the claim manages."""
+    if not managed:
+        return "all"
+    ignored = [a for a in VM_ARGUMENTS if a not in managed]
+    for block, fields, kept in (
+        ("cpu", VM_CPU_FIELDS, "cores"),
+        ("memory", VM_MEMORY_FIELDS, "dedicated"),
+    ):
+        if block in managed:
+            ignored += [f"{block}[0].{f}" for f in fields if f != kept]
+    return ignored
+
+
+def adopted_module(shape: AdoptedShape) -> dict[str, Any]:
+    """The Terraform JSON module that imports an existing VM and manages only what it took over."""
+    managed = _managed_vm_arguments(shape)
+    vm: dict[str, Any] = {
+        "node_name": shape.node,
+        "vm_id": shape.vmid,
+        **managed,
+        "lifecycle": {"ignore_changes": _ignored(managed)},
+    }
+    doc: dict[str, Any] = {
+        "terraform": {
+            "required_providers": {
+                "proxmox": {"source": PROVIDER_SOURCE, "version": PROVIDER_VERSION}
+            }
+        },
+        # A literal id: Terraform 1.5 (provider-terraform's) takes no expression here.
+        "import": [{"to": f"{VM}.machine", "id": f"{shape.node}/{shape.vmid}"}],
+        "resource": {VM: {"machine": vm}},
+        "output": _outputs(shape.address),
+    }
     return _escape_all(doc)
 
 

@@ -9,6 +9,7 @@ namespaced (Crossplane v2) XR composes the namespaced `tf.m.upbound.io` one.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,8 @@ def placement_annotations(held: Held) -> dict[str, str]:
         notes[ANNOTATION_PREFIX + "network"] = held.network
     if held.snippets:
         notes[ANNOTATION_PREFIX + "snippets"] = held.snippets
+    if held.adopted:
+        notes[ANNOTATION_PREFIX + "adopted"] = "true"
     return notes
 
 
@@ -229,3 +232,22 @@ def power_change(observed: dict[str, Any] | None, desired: dict[str, Any]) -> st
         "powerState is Stopped: Proxmox shuts the machine down (ACPI) at the next apply, "
         "and it stays off across host reboots"
     )
+
+
+# What an adopted guest's module sets besides its identity (terraform.adopted_module).
+_IDENTITY = frozenset({"node_name", "vm_id", "lifecycle"})
+
+
+def taken_over(observed: dict[str, Any] | None, desired: dict[str, Any]) -> list[str]:
+    """What an adopted guest's module now sets that its applied module left to the guest."""
+    now = module_of(desired)
+    if "import" not in now:
+        return []
+    was = module_of(observed) if observed is not None else {}
+    before = obj(dig(was, *_VM_PATH)) if "import" in was else {}
+    after = obj(dig(now, *_VM_PATH))
+    return [
+        f"{name} = {json.dumps(value, sort_keys=True)}"
+        for name, value in sorted(after.items())
+        if name not in _IDENTITY and before.get(name) != value
+    ]

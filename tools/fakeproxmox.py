@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "proxmox"
 API_PREFIX = "/api2/json"
@@ -79,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
             fake.unanswered.append(path)
             self._reply(501, f"Method 'GET {path}' not implemented", None)
         else:
-            self._reply(200, "OK", fake.answers[path])
+            self._reply(200, "OK", _answer(fake, path, parse_qs(urlsplit(self.path).query)))
 
     def _refuse(self) -> None:
         # Whatever reads recorded answers must not write: a write is a failure the test sees.
@@ -100,6 +100,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+# GET /cluster/resources?type=vm lists guests only, as pvestatd's resource list is filtered.
+RESOURCE_TYPES = {"vm": ("qemu", "lxc"), "storage": ("storage",), "node": ("node",)}
+
+
+def _answer(fake: FakeProxmox, path: str, query: dict[str, list[str]]) -> Any:
+    data = fake.answers[path]
+    wanted = query.get("type", [None])[0]
+    if path == "/cluster/resources" and wanted in RESOURCE_TYPES:
+        return [item for item in data if item.get("type") in RESOURCE_TYPES[wanted]]
+    return data
 
 
 class _Server(ThreadingHTTPServer):

@@ -123,6 +123,16 @@ class Workdir:
                     attrs[key] = after
         return state
 
+    def use_proxmox(self, url: str, token: str) -> None:
+        """Point the provider at a (loopback, recorded) Proxmox API instead of the dummy one.
+
+        The ProviderConfig's credentials file gets the API's URL and token, and TLS
+        verification off for its self-signed certificate: what a user's Secret would say.
+        """
+        credentials: dict[str, Any] = dict(DUMMY_CREDENTIALS["proxmox.auto.tfvars.json"])
+        credentials.update(proxmox_endpoint=url, proxmox_api_token=token, proxmox_insecure=True)
+        (self.path / "proxmox.auto.tfvars.json").write_text(json.dumps(credentials))
+
     def state_file(self) -> Path:
         """Where the local backend keeps this workspace's state."""
         path = self.path / "terraform.tfstate.d" / self.workspace / "terraform.tfstate"
@@ -264,6 +274,41 @@ def state_from_plan(plan: dict[str, Any]) -> dict[str, Any]:
         "terraform_version": plan["terraform_version"],
         "serial": 1,
         "lineage": "fabric-plan-safety",
+        "outputs": {},
+        "resources": resources,
+    }
+
+
+def state_from_import(plan: dict[str, Any]) -> dict[str, Any]:
+    """The state an import `plan` from an empty state leaves: each resource as the provider read it.
+
+    Terraform 1.5's JSON plan does not mark imports; from an empty state, a resource change
+    with a "before" value is one an import block read.
+    """
+    resources = []
+    for rc in plan["resource_changes"]:
+        if rc["change"]["before"] is None:
+            continue
+        resources.append(
+            {
+                "mode": rc["mode"],
+                "type": rc["type"],
+                "name": rc["name"],
+                "provider": f'provider["{PROVIDER}"]',
+                "instances": [
+                    {
+                        "schema_version": 0,
+                        "attributes": rc["change"]["before"],
+                        "sensitive_attributes": [],
+                    }
+                ],
+            }
+        )
+    return {
+        "version": 4,
+        "terraform_version": plan["terraform_version"],
+        "serial": 1,
+        "lineage": "fabric-adoption",
         "outputs": {},
         "resources": resources,
     }
