@@ -20,7 +20,7 @@ from typing import Any
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 from crossplane.function import resource
 
-from function import fleet, pipeline, reservations
+from function import backups, fleet, pipeline, reservations, workspace
 from function.allocate import Ledger
 from function.demand import resolve
 from function.errors import FabricError
@@ -51,6 +51,8 @@ class View:
     status: dict[str, Any]
     ready: bool
     waiting: bool  # for Crossplane to answer a requirement (routine, not a warning)
+    # The backups Workspace (function/backups.py): desired, or the observed one held as it is.
+    backups: dict[str, Any] | None = None
 
 
 def view(
@@ -58,22 +60,36 @@ def view(
     inventory: Answer,
     xrs: fleet.Fleet | None,
     table: reservations.Table | None,
+    *,
+    homelab: dict[str, Any] | None = None,
+    observed_backups: dict[str, Any] | None = None,
 ) -> View:
-    """The fleet view, or why it cannot be computed yet."""
+    """The fleet view, or why it cannot be computed yet (the backups Workspace then held)."""
+    held = None if observed_backups is None else workspace.held_copy(observed_backups)
     try:
         inv = pipeline.parse_inventory(inventory, fn_input)
     except pipeline.Hold as hold:
-        return _not_yet(hold.reason, hold.message)
+        return _not_yet(hold.reason, hold.message, held)
     if xrs is None:
-        return _not_yet("WaitingForFleet", "waiting for Crossplane to list the fleet")
+        return _not_yet("WaitingForFleet", "waiting for Crossplane to list the fleet", held)
     if table is None:
-        return _not_yet("WaitingForReservations", "waiting for Crossplane to list the reservations")
-    return View(_status(inv, fn_input, xrs, table), ready=True, waiting=False)
+        message = "waiting for Crossplane to list the reservations"
+        return _not_yet("WaitingForReservations", message, held)
+    members = _members(xrs, table)
+    found = backups.jobs(inv, members)
+    status = _status(inv, fn_input, table, members)
+    if inv.backups.jobs or inv.backups.storages:
+        status["backups"] = backups.status(found)
+    desired = backups.manifest(inv, fn_input, found, homelab or {})
+    return View(status, ready=True, waiting=False, backups=desired)
 
 
-def _not_yet(reason: str, message: str) -> View:
+def _not_yet(reason: str, message: str, held: dict[str, Any] | None = None) -> View:
     return View(
-        {"phase": "Pending", "message": message}, ready=False, waiting=reason.startswith("Waiting")
+        {"phase": "Pending", "message": message},
+        ready=False,
+        waiting=reason.startswith("Waiting"),
+        backups=held,
     )
 
 
@@ -127,9 +143,11 @@ def explain_pending(
 
 
 def _status(
-    inv: Inventory, fn_input: FunctionInput, xrs: fleet.Fleet, table: reservations.Table
+    inv: Inventory,
+    fn_input: FunctionInput,
+    table: reservations.Table,
+    members: list[fleet.Member],
 ) -> dict[str, Any]:
-    members = _members(xrs, table)
     ledger = _ledger(inv, fn_input, members, table)
     placed = [m for m in members if m.held is not None]
     pending = [m for m in members if m.held is None]
@@ -232,8 +250,12 @@ def _networks(inv: Inventory, ledger: Ledger) -> list[dict[str, Any]]:
 
 
 def respond(rsp: fnv1.RunFunctionResponse, found: View) -> None:
-    """Write the view as the Homelab's status: no composed resources, ever."""
+    """Write the view as the Homelab's status; it composes only the backups Workspace."""
     rsp.desired.ClearField("resources")
+    if found.backups is not None:
+        desired = rsp.desired.resources[backups.RESOURCE_NAME]
+        resource.update(desired, found.backups)
+        desired.ready = fnv1.READY_TRUE
     resource.update(rsp.desired.composite, {"status": found.status})
     rsp.desired.composite.ready = fnv1.READY_TRUE if found.ready else fnv1.READY_FALSE
     if not found.ready and not found.waiting:

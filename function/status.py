@@ -39,6 +39,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     conditions: list[fnv1.Condition] = field(default_factory=list)
+    backup: dict[str, str] | None = None  # the backup job of the claim (backupspec.py)
 
     def warn(self, message: str) -> None:
         """Add a warning event (shown on the claim)."""
@@ -110,6 +111,8 @@ def xr_status(
             status["ip"] = ip
         if ws_name:
             status["workspace"] = ws_name
+        if report.backup:
+            status["backup"] = report.backup
     return status
 
 
