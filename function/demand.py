@@ -8,11 +8,24 @@ names the inventory does not know, listing the ones it does.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from function import cloudinit
+from function import backupspec, cloudinit
 from function.errors import FabricError, show_value
-from function.model import AdoptRequest, Defaults, Image, Inventory, MachineSpec, Network
+from function.model import (
+    AdoptRequest,
+    ContainerImage,
+    ContainerSpec,
+    Defaults,
+    Image,
+    Inventory,
+    MachineSpec,
+    Network,
+)
+
+Spec = MachineSpec | ContainerSpec
 
 
 @dataclass(frozen=True)
@@ -32,7 +45,7 @@ class Demand:
     memory_mib: int
     disk_gib: int  # 0: not stated (an adopted guest keeps its disks)
     image_name: str | None  # None for an adopted guest: Fabric never clones it
-    image: Image | None
+    image: Image | ContainerImage | None
     devices: tuple[DeviceDemand, ...]
     network_name: str | None
     network: Network | None
@@ -62,7 +75,7 @@ def _known_device_classes(inv: Inventory) -> set[str]:
     return on_nodes | set(inv.device_classes)
 
 
-def _devices(spec: MachineSpec, inv: Inventory) -> tuple[DeviceDemand, ...]:
+def _devices(spec: Spec, inv: Inventory) -> tuple[DeviceDemand, ...]:
     if not spec.devices:
         return ()  # nothing to check, and listing the known classes scans every node
     known = _known_device_classes(inv)
@@ -112,7 +125,7 @@ def _check_static(address: str, name: str, network: Network) -> None:
         raise FabricError(msg)
 
 
-def _network(spec: MachineSpec, inv: Inventory) -> tuple[str | None, Network | None, str]:
+def _network(spec: Spec, inv: Inventory) -> tuple[str | None, Network | None, str]:
     if spec.network is None:
         return None, None, "dhcp"
     name, address = spec.network.name, spec.network.address
@@ -130,10 +143,15 @@ def _network(spec: MachineSpec, inv: Inventory) -> tuple[str | None, Network | N
     return name, network, address
 
 
-def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
+def resolve(spec: Spec, inv: Inventory, defaults: Defaults) -> Demand:
     """Resolve a claim spec against the inventory; raise FabricError naming the bad field."""
+    backupspec.check_job(spec, inv)
+    if isinstance(spec, ContainerSpec):
+        if spec.adopt is not None:
+            return _adopted(spec, spec.adopt, inv, _CONTAINER_CREATION_FIELDS)
+        return _container(spec, inv, defaults)
     if spec.adopt is not None:
-        return _adopted(spec, spec.adopt, inv)
+        return _adopted(spec, spec.adopt, inv, _CREATION_FIELDS)
     size = None
     if spec.size_class is not None:
         if spec.size_class not in inv.classes:
@@ -174,15 +192,15 @@ def resolve(spec: MachineSpec, inv: Inventory, defaults: Defaults) -> Demand:
     )
 
 
-def check_secret_namespaces(spec: MachineSpec, home: str | None) -> None:
+def check_secret_namespaces(spec: Spec, home: str | None) -> None:
     """Refuse a bootstrap Secret outside the machine's own namespace.
 
     provider-terraform reads any Secret a Workspace points at, so without this a claim could
     pull another team's credentials into its user-data. `home` is the claim's namespace (or the
     namespaced XR's); None for a cluster-scoped XR without a claim, written by an administrator.
     """
-    if home is None:
-        return
+    if home is None or isinstance(spec, ContainerSpec):
+        return  # a container's bootstrap has no secrets
     for i, secret in enumerate(spec.bootstrap.secrets):
         if secret.secret_ref.namespace != home:
             msg = (
@@ -195,7 +213,7 @@ def check_secret_namespaces(spec: MachineSpec, home: str | None) -> None:
 
 # Claim fields that describe how Fabric creates a guest: an adopted guest exists already, so
 # each would either be ignored silently or, worse, ask for a clone. Refused instead.
-_CREATION_FIELDS = (
+_CREATION_FIELDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
     ("class", lambda s: s.size_class is not None),
     ("image", lambda s: s.image is not None),
     ("devices", lambda s: bool(s.devices)),
@@ -207,9 +225,26 @@ _CREATION_FIELDS = (
 )
 
 
-def _adopted(spec: MachineSpec, adopt: AdoptRequest, inv: Inventory) -> Demand:
+_CONTAINER_CREATION_FIELDS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
+    ("class", lambda s: s.size_class is not None),
+    ("image", lambda s: s.image is not None),
+    ("devices", lambda s: bool(s.devices)),
+    ("mountPoints", lambda s: bool(s.mount_points)),
+    ("features", lambda s: s.features != type(s.features)()),
+    ("bootstrap", lambda s: s.bootstrap != type(s.bootstrap)()),
+    ("storage", lambda s: s.storage != type(s.storage)()),
+    ("placement", lambda s: s.placement != type(s.placement)()),
+)
+
+
+def _adopted(
+    spec: Spec,
+    adopt: AdoptRequest,
+    inv: Inventory,
+    creation_fields: tuple[tuple[str, Callable[[Any], bool]], ...],
+) -> Demand:
     """Admission of an existing guest: where it is and what it holds, as the claim states."""
-    for name, given in _CREATION_FIELDS:
+    for name, given in creation_fields:
         if given(spec):
             msg = (
                 f"spec.{name}: an adopted guest (spec.adopt) is not created by Fabric, so it "
@@ -275,3 +310,49 @@ def _check_template(vmid: int, inv: Inventory) -> None:
     if vmid in inv.reserved_vmids:
         msg = f"spec.adopt.vmid: {vmid} is reserved in the inventory; accepted: a guest's VMID"
         raise FabricError(msg)
+
+
+def _container_image(spec: ContainerSpec, inv: Inventory) -> tuple[str, ContainerImage]:
+    if spec.image is None:
+        msg = "spec.image: is required for a container; accepted: " + (
+            ", ".join(sorted(inv.container_images)) or "none (the inventory has no containerImages)"
+        )
+        raise FabricError(msg)
+    if spec.image not in inv.container_images:
+        raise _unknown(field="spec.image", value=spec.image, known=list(inv.container_images))
+    return spec.image, inv.container_images[spec.image]
+
+
+def _container(spec: ContainerSpec, inv: Inventory, defaults: Defaults) -> Demand:
+    """Resolve a new container: its size, template, network and volumes."""
+    if spec.devices:
+        # Proxmox lets only root@pam write a container's devN entries, whatever the API token
+        # may do; a mapping (what VMs use) does not exist for containers.
+        msg = (
+            "spec.devices: passing a device into a container is root@pam-only in Proxmox "
+            "(its devN entries), and Fabric applies with an API token; accepted: no devices "
+            "(a Machine gets devices through resource mappings)"
+        )
+        raise FabricError(msg)
+    size = None
+    if spec.size_class is not None:
+        if spec.size_class not in inv.classes:
+            raise _unknown(field="spec.class", value=spec.size_class, known=list(inv.classes))
+        size = inv.classes[spec.size_class]
+    image_name, image = _container_image(spec, inv)
+    network_name, network, address = _network(spec, inv)
+    return Demand(
+        cpu=spec.cpu or (size.cpu if size else defaults.cpu),
+        memory_mib=spec.memory or (size.memory if size else defaults.memory),
+        disk_gib=spec.disk or (size.disk if size else defaults.disk),
+        image_name=image_name,
+        image=image,
+        devices=(),
+        network_name=network_name,
+        network=network,
+        address=address,
+        pool=spec.storage.pool,
+        spread_group=spec.placement.spread_group,
+        pin=spec.placement.node,
+        strategy=spec.placement.strategy or inv.scoring,
+    )

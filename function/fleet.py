@@ -22,7 +22,7 @@ from google.protobuf import struct_pb2
 
 from function.demand import check_secret_namespaces
 from function.errors import FabricError, canonical
-from function.model import CROSSPLANE_SPEC_FIELDS, MachineSpec, intent
+from function.model import CROSSPLANE_SPEC_FIELDS, ContainerSpec, MachineSpec, intent
 from function.requirements import BoundedCache, to_plain
 
 CLAIM_NAME = "crossplane.io/claim-name"
@@ -65,7 +65,7 @@ class Member:
 
     key: str  # claim namespace/name, or the XR name (namespace/name for a namespaced XR)
     created: str  # creationTimestamp; RFC 3339 in UTC sorts as text
-    spec: MachineSpec | None  # None when the spec does not validate: it cannot be placed
+    spec: MachineSpec | ContainerSpec | None  # None when the spec does not validate
     held: Held | None
 
     @property
@@ -184,13 +184,21 @@ def dig(doc: Any, *path: str | int) -> Any:
     return doc
 
 
-def parse_spec(xr: dict[str, Any]) -> MachineSpec | None:
+CONTAINER_KIND = "XContainer"
+
+
+def spec_model(xr: dict[str, Any]) -> type[MachineSpec] | type[ContainerSpec]:
+    """The model of an XR's spec: XContainers are containers, everything else a machine."""
+    return ContainerSpec if xr.get("kind") == CONTAINER_KIND else MachineSpec
+
+
+def parse_spec(xr: dict[str, Any]) -> MachineSpec | ContainerSpec | None:
     """Parse an XR's spec, or None when it does not validate (the owner sees why itself)."""
     spec = xr.get("spec") or {}
     if not isinstance(spec, dict):
         return None
     with contextlib.suppress(pydantic.ValidationError, TypeError, ValueError):
-        return MachineSpec.model_validate(canonical(intent(spec)))
+        return spec_model(xr).model_validate(canonical(intent(spec)))
     return None
 
 
@@ -206,7 +214,7 @@ def home_namespace(key: str) -> str | None:
     return key.split("/", 1)[0] if "/" in key else None
 
 
-def _member(xr: dict[str, Any], spec: MachineSpec | None) -> Member:
+def _member(xr: dict[str, Any], spec: MachineSpec | ContainerSpec | None) -> Member:
     meta = obj(xr.get("metadata"))
     status = obj(xr.get("status"))
     key = machine_key(xr)
@@ -290,14 +298,21 @@ class Fleet(list[dict[str, Any]]):
         self._ordered: list[Member] | None = None
 
     def ordered(self) -> list[Member]:
-        """Members with a key, the last of each key, in placement order."""
+        """Members with a key, in placement order.
+
+        The last of each key and kind; of a Machine and a Container of one name, the one made
+        first (see same_name).
+        """
         if self._ordered is None:
-            by_key = {}
+            by_key: dict[tuple[str, bool], Member] = {}
             for xr in self:
                 m = member(xr)
                 if m.key:
-                    by_key[m.key] = m
-            self._ordered = sorted(by_key.values(), key=lambda m: m.order)
+                    by_key[(m.key, isinstance(m.spec, ContainerSpec))] = m
+            first: dict[str, Member] = {}
+            for m in sorted(by_key.values(), key=lambda m: m.order):
+                first.setdefault(m.key, m)
+            self._ordered = list(first.values())
         return self._ordered
 
     def _read_only(self, *_: Any, **__: Any) -> NoReturn:
@@ -311,7 +326,7 @@ class Fleet(list[dict[str, Any]]):
 
 _FLEETS: BoundedCache[bytes, Fleet] = BoundedCache(MAX_FLEETS)
 _RECORDS: BoundedCache[bytes, Record] = BoundedCache(MAX_RECORDS)
-_SPECS: BoundedCache[bytes, tuple[MachineSpec | None]] = BoundedCache(MAX_SPECS)
+_SPECS: BoundedCache[bytes, tuple[MachineSpec | ContainerSpec | None]] = BoundedCache(MAX_SPECS)
 
 
 def _digest(message: Any) -> bytes:
@@ -371,18 +386,22 @@ def _intent_key(fields: Any) -> bytes | None:
     object is not cached, so it fails (or not) exactly as it always did.
     """
     if "spec" not in fields:
-        return b""
+        kind = fields["kind"].string_value if "kind" in fields else ""
+        return b"\x00nospec:" + kind.encode()
     spec = fields["spec"]
     if spec.WhichOneof("kind") != "struct_value":
         return None
     wanted = struct_pb2.Struct()
+    # One intent is a different spec for a container: the kind is part of the key.
+    if "kind" in fields:
+        wanted.fields["\x00kind"].CopyFrom(fields["kind"])
     for key, value in spec.struct_value.fields.items():
         if key not in CROSSPLANE_SPEC_FIELDS:
             wanted.fields[key].CopyFrom(value)
     return _digest(wanted)
 
 
-def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | None:
+def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | ContainerSpec | None:
     """parse_spec(xr), shared by every XMachine whose intent has these canonical bytes."""
     if key is None:
         return parse_spec(xr)
@@ -391,6 +410,22 @@ def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | None:
         hit = (parse_spec(xr),)
         _SPECS.put(key, hit)
     return hit[0]
+
+
+def same_name(xrs: Fleet, me: Member) -> Member | None:
+    """A member of the other kind with this one's name, made before it: it keeps the name.
+
+    Machines and Containers share one space of names, which are their hostnames.
+    """
+    mine = isinstance(me.spec, ContainerSpec)
+    return next(
+        (
+            m
+            for m in xrs.ordered()
+            if m.key == me.key and m.spec is not None and isinstance(m.spec, ContainerSpec) != mine
+        ),
+        None,
+    )
 
 
 def build(xrs: Fleet, me: Member) -> list[Member]:

@@ -10,7 +10,16 @@ import grpc
 import pydantic
 from crossplane.function import logging, resource, response
 
-from function import fleet, homelab, pipeline, requirements, reservations, status, workspace
+from function import (
+    backups,
+    fleet,
+    homelab,
+    pipeline,
+    requirements,
+    reservations,
+    status,
+    workspace,
+)
 from function.errors import canonical, describe
 from function.model import FunctionInput
 
@@ -57,6 +66,12 @@ def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
 def _observed_workspace(req: fnv1.RunFunctionRequest) -> dict[str, Any] | None:
     if workspace.RESOURCE_NAME in req.observed.resources:
         return requirements.to_plain(req.observed.resources[workspace.RESOURCE_NAME].resource)
+    return None
+
+
+def _observed(req: fnv1.RunFunctionRequest, name: str) -> dict[str, Any] | None:
+    if name in req.observed.resources:
+        return requirements.to_plain(req.observed.resources[name].resource)
     return None
 
 
@@ -131,7 +146,7 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
     if size > MAX_REQUEST_BYTES:
         _refuse(req, rsp, f"request is {size} bytes; the limit is {MAX_REQUEST_BYTES}")
         return
-    fleet_answer = requirements.resources(req, requirements.FLEET)
+    fleet_answer = requirements.fleet_resources(req)
     if fleet_answer is not None and len(fleet_answer.items) > MAX_FLEET:
         _refuse(req, rsp, f"fleet has {len(fleet_answer.items)} machines; the limit is {MAX_FLEET}")
         return
@@ -143,6 +158,8 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any) 
             requirements.answer(req, requirements.INVENTORY),
             None if fleet_answer is None else fleet.records(fleet_answer),
             None if held is None else reservations.table(held),
+            homelab=xr,
+            observed_backups=_observed(req, backups.RESOURCE_NAME),
         )
         homelab.respond(rsp, view)
         return

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from function.backupspec import BackupRequest, Backups
+
 # --- scalar types -----------------------------------------------------------------------------
 
 _QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti)?$")
@@ -276,6 +278,11 @@ class MachineSpec(Strict):
     power_state: Literal["Running", "Stopped"] = Field(default="Running", alias="powerState")
     protection: bool = False
     adopt: AdoptRequest | None = None
+    # Changes that need a restart: OnNextBoot waits for the owner's restart, Immediate restarts.
+    restart_policy: Literal["OnNextBoot", "Immediate"] = Field(
+        default="OnNextBoot", alias="restartPolicy"
+    )
+    backup: BackupRequest | None = None  # a job of the inventory's backups (function/backups.py)
 
     @field_validator("roles")
     @classmethod
@@ -284,6 +291,67 @@ class MachineSpec(Strict):
             msg = "each role may be listed once"
             raise ValueError(msg)
         return roles
+
+
+class MountPoint(Strict):
+    """A volume Proxmox makes on a datastore and mounts into the container.
+
+    Never a host path: bind mounts are root@pam-only.
+    """
+
+    path: Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{0,254}$")]
+    size: GiB
+    pool: Name | None = None
+    backup: bool = False
+
+
+class ContainerFeatures(Strict):
+    """LXC features an unprivileged container may be given with an API token."""
+
+    nesting: bool = False  # systemd and Docker inside need it
+    keyctl: bool = False
+
+
+class ContainerBootstrap(Strict):
+    """First-boot identity of a container: root's SSH keys (Proxmox writes them at creation)."""
+
+    ssh_authorized_keys: list[
+        Annotated[str, StringConstraints(pattern=SSH_KEY, max_length=8192)]
+    ] = Field(default_factory=list, alias="sshAuthorizedKeys", max_length=32)
+
+
+class ContainerSpec(Strict):
+    """The intent of a Container claim: an LXC guest in the same fleet and VMID space."""
+
+    size_class: Name | None = Field(default=None, alias="class")
+    cpu: Whole | None = Field(default=None, ge=1, le=512)
+    memory: MiB | None = None
+    disk: GiB | None = None  # the root filesystem
+    image: Name | None = None  # an entry of the inventory's containerImages
+    devices: list[DeviceRequest] = Field(default_factory=list, max_length=16)
+    network: NetworkRequest | None = None
+    placement: PlacementRequest = Field(default_factory=PlacementRequest)
+    storage: StorageRequest = Field(default_factory=StorageRequest)
+    mount_points: list[MountPoint] = Field(default_factory=list, alias="mountPoints", max_length=8)
+    unprivileged: bool = True
+    features: ContainerFeatures = Field(default_factory=ContainerFeatures)
+    start_on_boot: bool = Field(default=True, alias="startOnBoot")
+    bootstrap: ContainerBootstrap = Field(default_factory=ContainerBootstrap)
+    deletion_policy: Literal["Delete", "Orphan"] | None = Field(
+        default=None, alias="deletionPolicy"
+    )
+    power_state: Literal["Running", "Stopped"] = Field(default="Running", alias="powerState")
+    protection: bool = False
+    adopt: AdoptRequest | None = None
+
+    @field_validator("mount_points")
+    @classmethod
+    def _unique_paths(cls, mounts: list[MountPoint]) -> list[MountPoint]:
+        paths = [m.path for m in mounts]
+        if len(set(paths)) != len(paths):
+            msg = "each mount path may be listed once"
+            raise ValueError(msg)
+        return mounts
 
 
 # Fields Crossplane itself writes into a legacy XR's spec; they are not part of the intent.
@@ -403,6 +471,18 @@ class Image(Strict):
         return max(floors) if floors else None
 
 
+class ContainerImage(Strict):
+    """A container template catalog entry: the vztmpl volume on each node, and its os type."""
+
+    os: Literal["debian", "ubuntu", "alpine", "nixos"]
+    templates: dict[
+        DnsLabel,
+        Annotated[
+            str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}:vztmpl/[A-Za-z0-9._+-]+$")
+        ],
+    ] = Field(min_length=1)
+
+
 class Pool(Strict):
     """The addresses Fabric hands out on a network."""
 
@@ -493,6 +573,9 @@ class Inventory(Strict):
     nodes: list[Node] = Field(min_length=1, max_length=1000)
     device_classes: dict[Name, DeviceClass] = Field(default_factory=dict, alias="deviceClasses")
     images: dict[Name, Image] = Field(default_factory=dict)
+    container_images: dict[Name, ContainerImage] = Field(
+        default_factory=dict, alias="containerImages"
+    )
     networks: dict[Name, Network] = Field(default_factory=dict)
     classes: dict[Name, SizeClass] = Field(default_factory=dict)
     vmids: VmIdRange
@@ -500,6 +583,7 @@ class Inventory(Strict):
     unmanaged: list[UnmanagedGuest] = Field(default_factory=list)
     overcommit: Overcommit = Field(default_factory=Overcommit)
     scoring: Literal["spread", "pack"] = "spread"
+    backups: Backups = Field(default_factory=Backups)  # PBS storages and jobs (backupspec.py)
     # Site templates added without rebuilding the function: "roles/<name>" or "devices/<class>"
     # mapped to template text in the same format as the built-in library (cloudinit/templates).
     templates: dict[
@@ -553,6 +637,10 @@ def _known_nodes(inv: Inventory) -> None:
     for image_name, image in inv.images.items():
         for node in sorted(set(image.templates) - known):
             msg = f"images.{image_name}.templates names node {node!r}, not in nodes"
+            raise ValueError(msg)
+    for image_name, ct_image in inv.container_images.items():
+        for node in sorted(set(ct_image.templates) - known):
+            msg = f"containerImages.{image_name}.templates names node {node!r}, not in nodes"
             raise ValueError(msg)
     for guest in inv.unmanaged:
         if guest.node not in known:

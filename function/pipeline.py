@@ -18,10 +18,10 @@ from typing import Any
 
 import pydantic
 
-from function import fleet, render, reservations, status, workspace, yamlio
-from function.demand import Demand, check_secret_namespaces, resolve
+from function import backupspec, fleet, render, reservations, restart, status, workspace, yamlio
+from function.demand import Demand, Spec, check_secret_namespaces, resolve
 from function.errors import FabricError, canonical, describe
-from function.model import DNS_LABEL, FunctionInput, Inventory, MachineSpec, intent
+from function.model import DNS_LABEL, ContainerSpec, FunctionInput, Inventory, intent
 from function.placement import Outcome, Placement, assign
 from function.requirements import Answer, to_dicts
 
@@ -103,10 +103,10 @@ def _check_hostname(machine: render.Machine) -> None:
         raise Hold(phase="Invalid", reason="InvalidName", message=msg)
 
 
-def parse_spec(xr: dict[str, Any]) -> MachineSpec:
+def parse_spec(xr: dict[str, Any]) -> Spec:
     """Validate the claim spec; a Hold names every bad field."""
     try:
-        return MachineSpec.model_validate(canonical(intent(xr.get("spec") or {})))
+        return fleet.spec_model(xr).model_validate(canonical(intent(xr.get("spec") or {})))
     except pydantic.ValidationError as err:
         raise Hold(phase="Invalid", reason="InvalidSpec", message=describe("spec", err)) from None
 
@@ -170,7 +170,7 @@ def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
 def _me(
     xr: dict[str, Any],
     observed_ws: dict[str, Any] | None,
-    spec: MachineSpec,
+    spec: Spec,
     table: reservations.Table | None = None,
     own: dict[str, dict[str, Any]] | None = None,
 ) -> fleet.Member:
@@ -217,7 +217,7 @@ def _attempt(
     return attempt
 
 
-def drift(spec: MachineSpec, demand: Demand, placement: Placement) -> list[str]:
+def drift(spec: Spec, demand: Demand, placement: Placement) -> list[str]:
     """Claim edits that would change a placed machine's placement: said, not done."""
     notes = []
     if demand.pin and demand.pin != placement.node:
@@ -251,7 +251,7 @@ def drift(spec: MachineSpec, demand: Demand, placement: Placement) -> list[str]:
     return notes
 
 
-def _place(req: Request, spec: MachineSpec, demand: Demand, inv: Inventory) -> Outcome:
+def _place(req: Request, spec: Spec, demand: Demand, inv: Inventory) -> Outcome:
     if req.fleet is None:
         msg = "waiting for Crossplane to list the fleet"
         raise Hold(phase="Pending", reason="WaitingForFleet", message=msg)
@@ -259,6 +259,14 @@ def _place(req: Request, spec: MachineSpec, demand: Demand, inv: Inventory) -> O
         msg = "waiting for Crossplane to list the reservations"
         raise Hold(phase="Pending", reason="WaitingForReservations", message=msg)
     me = _me(req.xr, req.observed_ws, spec, req.reservations, req.own_reservations)
+    other = fleet.same_name(req.fleet, me)
+    if other is not None:
+        kind = "Container" if isinstance(other.spec, ContainerSpec) else "Machine"
+        msg = (
+            f"metadata.name: a {kind} named {other.key} exists already, and Machines and "
+            "Containers share one space of names (their hostnames); accepted: another name"
+        )
+        raise Hold(phase="Invalid", reason="InvalidName", message=msg)
     members = fleet.build(req.fleet, me)
     taken: dict[reservations.Thing, str] = {}
     if req.reservations is not None:
@@ -278,7 +286,7 @@ def _confirmed(member: fleet.Member, table: reservations.Table) -> fleet.Member:
 
 
 def _resolve(
-    spec: MachineSpec, inv: Inventory, fn_input: FunctionInput, machine: render.Machine
+    spec: Spec, inv: Inventory, fn_input: FunctionInput, machine: render.Machine
 ) -> Demand:
     """Admission: everything that refuses a claim, before it is placed in any view."""
     try:
@@ -303,6 +311,7 @@ def decide(req: Request) -> Decision:
         spec = parse_spec(req.xr)
         inv = parse_inventory(req.inventory, req.fn_input)
         decision.inventory = inv
+        report.backup = backupspec.machine_status(spec, inv)
         demand = _resolve(spec, inv, req.fn_input, machine)
         outcome = _place(req, spec, demand, inv)
         if outcome.placement is None:
@@ -319,7 +328,7 @@ def _unschedulable(outcome: Outcome) -> Hold:
     return Hold(phase="Unschedulable", reason="Unschedulable", message=outcome.unschedulable or "")
 
 
-def _check_origin(spec: MachineSpec, placement: Placement) -> None:
+def _check_origin(spec: Spec, placement: Placement) -> None:
     """Hold an edit that would turn an adopted guest into a created machine, or back.
 
     Either would render a module that replaces the VM (a clone block on an imported VM is
@@ -378,16 +387,14 @@ def _placed(
     power = workspace.power_change(req.observed_ws, decision.desired_ws)
     if power is not None:
         report.warn(power)
-    for what in workspace.restart_changes(req.observed_ws, decision.desired_ws):
-        report.warn(
-            f"the claim changed the machine's {what}; Proxmox applies it when the guest next "
-            "restarts, and Fabric never restarts a running machine: restart it when it suits you"
-        )
+    policy = getattr(spec, "restart_policy", "OnNextBoot")
+    for note in restart.announcements(policy, req.observed_ws, decision.desired_ws):
+        report.warn(note)
     for what in workspace.create_only_changes(req.observed_ws, decision.desired_ws):
         report.warn(
-            f"the claim changed the machine's {what}; the running VM keeps what it was created "
-            "with (its host keys too): the change takes effect only when the machine is "
-            "re-created"
+            f"the claim changed the machine's {what}; the running guest keeps what it was "
+            "created with (its host keys too): the change takes effect only when the machine "
+            "is re-created"
         )
     where = f"node {placement.node}, VMID {placement.vmid}"
     report.condition("Scheduled", "True", "Placed", f"placed on {where}")

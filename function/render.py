@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from function import cloudinit, terraform, workspace, yamlio
-from function.demand import Demand
+from function import cloudinit, lxc, terraform, workspace, yamlio
+from function.demand import Demand, Spec
 from function.errors import FabricError
-from function.model import Device, FunctionInput, Inventory, MachineSpec
+from function.model import (
+    ContainerImage,
+    ContainerSpec,
+    Device,
+    FunctionInput,
+    Image,
+    Inventory,
+    MachineSpec,
+)
 from function.placement import Placement
 
 
@@ -28,7 +36,7 @@ class Subject:
     """Everything rendering reads besides the placement: the machine, its claim, the site."""
 
     machine: Machine
-    spec: MachineSpec
+    spec: Spec
     demand: Demand
     inv: Inventory
     fn_input: FunctionInput
@@ -50,10 +58,14 @@ def held_devices(placement: Placement, inv: Inventory) -> tuple[Device, ...]:
 
 
 def guest_facts(
-    subject: Subject, placement: Placement, devices: tuple[Device, ...], os_family: str
+    subject: Subject,
+    spec: MachineSpec,
+    placement: Placement,
+    devices: tuple[Device, ...],
+    os_family: str,
 ) -> cloudinit.GuestFacts:
     """What the user-data composer may know about the machine."""
-    machine, spec, demand = subject.machine, subject.spec, subject.demand
+    machine, demand = subject.machine, subject.demand
     inv, fn_input = subject.inv, subject.fn_input
     network = None
     if demand.network is not None and demand.network_name is not None:
@@ -94,22 +106,27 @@ def meta_data(name: str, hostname: str) -> str:
     return yamlio.dump({"instance-id": name, "local-hostname": hostname})
 
 
-def _template_vmid(demand: Demand, node: str) -> int:
-    vmid = demand.image.templates.get(node) if demand.image else None
-    if vmid is None:
+def _template(demand: Demand, node: str) -> int | str:
+    template = demand.image.templates.get(node) if demand.image else None
+    if template is None:
         msg = (
             f"spec.image: {demand.image_name!r} has no template on node {node}, where this "
             f"machine lives; accepted: an image with a template on {node}"
         )
         raise FabricError(msg)
-    return vmid
+    return template
 
 
 def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, object]:
     """Render everything for a placed machine; FabricError when the claim cannot be rendered."""
     machine, spec, fn_input = subject.machine, subject.spec, subject.fn_input
     name = workspace.external_name(machine.xr_uid, machine.xr_name, machine.namespace)
-    if placement.adopted:
+    if isinstance(spec, ContainerSpec):
+        module_json, snippets = _container_module(subject, placement), None
+        policy = spec.deletion_policy or (
+            "Orphan" if placement.adopted else fn_input.deletion_policy
+        )
+    elif placement.adopted:
         module_json, snippets = _adopted_module(subject, placement), None
         # An adopted guest outlives its claim unless the claim says otherwise: Fabric did not
         # make it, and deleting a claim must not be how one loses a guest made by hand.
@@ -126,7 +143,7 @@ def workspace_manifest(subject: Subject, placement: Placement) -> dict[str, obje
             deletion_policy=policy,
             held=placement.held(snippets),
             module_json=module_json,
-            secrets=tuple(spec.bootstrap.secrets),
+            secrets=() if isinstance(spec, ContainerSpec) else tuple(spec.bootstrap.secrets),
         )
     )
 
@@ -144,6 +161,7 @@ def _adopted_module(subject: Subject, placement: Placement) -> str:
         started=spec.power_state == "Running",
         protection=spec.protection,
         address=placement.address,
+        reboot_after_update=getattr(spec, "restart_policy", "") == "Immediate",
     )
     return terraform.to_json(terraform.adopted_module(shape))
 
@@ -151,7 +169,7 @@ def _adopted_module(subject: Subject, placement: Placement) -> str:
 def _created_module(subject: Subject, placement: Placement, name: str) -> tuple[str, str]:
     """The module of a machine Fabric clones, and the datastore its snippets are on."""
     machine, spec, demand, inv = subject.machine, subject.spec, subject.demand, subject.inv
-    if demand.image is None:
+    if not isinstance(demand.image, Image) or isinstance(spec, ContainerSpec):
         msg = "spec.image: is required for a machine Fabric creates"
         raise FabricError(msg)
     devices = held_devices(placement, inv)
@@ -161,7 +179,7 @@ def _created_module(subject: Subject, placement: Placement, name: str) -> tuple[
         raise FabricError(msg)
     # A machine's snippets stay where they were written: its cicustom points there.
     snippets = placement.snippets or node.snippets_datastore
-    facts = guest_facts(subject, placement, devices, demand.image.os)
+    facts = guest_facts(subject, spec, placement, devices, demand.image.os)
     user_data = cloudinit.compose(facts)
     shape = terraform.VmShape(
         name=name,
@@ -169,7 +187,7 @@ def _created_module(subject: Subject, placement: Placement, name: str) -> tuple[
         description=f"Managed by Fabric for {machine.key}. Edit the Machine claim, not this VM.",
         node=placement.node,
         vmid=placement.vmid,
-        template_vmid=_template_vmid(demand, placement.node),
+        template_vmid=int(_template(demand, placement.node)),
         cpu=demand.cpu,
         memory_mib=demand.memory_mib,
         disk_gib=demand.disk_gib,
@@ -185,5 +203,63 @@ def _created_module(subject: Subject, placement: Placement, name: str) -> tuple[
         secret_names=tuple(s.name for s in spec.bootstrap.secrets),
         started=spec.power_state == "Running",
         protection=spec.protection,
+        reboot_after_update=spec.restart_policy == "Immediate",
     )
     return terraform.to_json(terraform.module(shape)), snippets
+
+
+def _container_module(subject: Subject, placement: Placement) -> str:
+    """The module of a container: imported when adopted, else made from its template."""
+    machine, spec, demand, inv = subject.machine, subject.spec, subject.demand, subject.inv
+    assert isinstance(spec, ContainerSpec)
+    if placement.adopted:
+        adopted = lxc.AdoptedContainer(
+            node=placement.node,
+            vmid=placement.vmid,
+            manage=frozenset(spec.adopt.manage) if spec.adopt else frozenset(),
+            cpu=demand.cpu,
+            memory_mib=demand.memory_mib,
+            started=spec.power_state == "Running",
+            protection=spec.protection,
+            address=placement.address,
+        )
+        return terraform.to_json(lxc.adopted_module(adopted))
+    node = inv.node(placement.node)
+    if node is None or not isinstance(demand.image, ContainerImage):
+        msg = f"the inventory no longer lists node {placement.node}, where this container lives"
+        raise FabricError(msg)
+    pool = demand.pool or node.pool
+    mounts = []
+    for i, mount in enumerate(spec.mount_points):
+        where = mount.pool or pool
+        if where not in node.storage:
+            msg = (
+                f"spec.mountPoints[{i}].pool: {where!r} is not a datastore of node {node.name}; "
+                f"accepted: {', '.join(node.storage)}"
+            )
+            raise FabricError(msg)
+        mounts.append(lxc.Mount(mount.path, mount.size, where, mount.backup))
+    shape = lxc.ContainerShape(
+        hostname=machine.hostname,
+        description=f"Managed by Fabric for {machine.key}. Edit the Container claim, not this.",
+        node=node,
+        vmid=placement.vmid,
+        template_file_id=str(_template(demand, placement.node)),
+        os_type=demand.image.os,
+        cpu=demand.cpu,
+        memory_mib=demand.memory_mib,
+        disk_gib=demand.disk_gib,
+        pool=pool,
+        mounts=tuple(mounts),
+        network=demand.network,
+        address=placement.address,
+        unprivileged=spec.unprivileged,
+        nesting=spec.features.nesting,
+        keyctl=spec.features.keyctl,
+        start_on_boot=spec.start_on_boot,
+        started=spec.power_state == "Running",
+        protection=spec.protection,
+        ssh_keys=tuple(spec.bootstrap.ssh_authorized_keys),
+        tags=("fabric",),
+    )
+    return terraform.to_json(lxc.module(shape))

@@ -22,9 +22,12 @@ from function.model import InventorySource
 
 INVENTORY = "inventory"
 FLEET = "fleet"
+CONTAINERS = "containers"
 RESERVATIONS = "reservations"
 XR_API_VERSION = "fabric.homelab.io/v1alpha1"
 XR_KIND = "XMachine"
+# Containers share the fleet with machines: one scheduler, one VMID space (fleet.py).
+CONTAINER_KIND = "XContainer"
 # The Reservations every machine composes and reads (reservations.py).
 RESERVATION_API_VERSION = "fabric.homelab.io/v1alpha1"
 RESERVATION_KIND = "Reservation"
@@ -41,10 +44,12 @@ def _selectors(source: InventorySource) -> dict[str, fnv1.ResourceSelector]:
     # An empty label selector matches every XMachine (in every namespace).
     fleet = fnv1.ResourceSelector(api_version=XR_API_VERSION, kind=XR_KIND)
     fleet.match_labels.SetInParent()
+    containers = fnv1.ResourceSelector(api_version=XR_API_VERSION, kind=CONTAINER_KIND)
+    containers.match_labels.SetInParent()
     # Every Reservation (cluster-scoped; reservations.py), likewise by an empty selector.
     held = fnv1.ResourceSelector(api_version=RESERVATION_API_VERSION, kind=RESERVATION_KIND)
     held.match_labels.SetInParent()
-    return {INVENTORY: inventory, FLEET: fleet, RESERVATIONS: held}
+    return {INVENTORY: inventory, FLEET: fleet, CONTAINERS: containers, RESERVATIONS: held}
 
 
 def declare(rsp: fnv1.RunFunctionResponse, source: InventorySource) -> None:
@@ -70,6 +75,16 @@ def answer(req: fnv1.RunFunctionRequest, name: str) -> Answer:
     """The resources Crossplane returned for a requirement, from whichever field it used."""
     found = resources(req, name)
     return Answer(None if found is None else list(found.items))
+
+
+def fleet_resources(req: fnv1.RunFunctionRequest) -> fnv1.Resources | None:
+    """Every XMachine and XContainer, as one answer; None until Crossplane answered both."""
+    machines, containers = resources(req, FLEET), resources(req, CONTAINERS)
+    if machines is None or containers is None:
+        return None
+    if not containers.items:
+        return machines  # the same message, so the same digest as before containers existed
+    return fnv1.Resources(items=[*machines.items, *containers.items])
 
 
 def resources(req: fnv1.RunFunctionRequest, name: str) -> fnv1.Resources | None:

@@ -23,6 +23,7 @@ PROVIDER_SOURCE = "bpg/proxmox"
 # let each run pick whatever the registry serves that day. Bump it with tools/versions.env
 # (BPG_VERSION, which the tests build and plan with) and the plan-safety tests on the new version.
 PROVIDER_VERSION = "0.111.1"
+REQUIRED_PROVIDER = {"source": PROVIDER_SOURCE, "version": PROVIDER_VERSION}
 FILE = "proxmox_virtual_environment_file"
 VM = "proxmox_virtual_environment_vm"
 # network_device is an attribute of type list(object), not a block (bpg's SDKv2 resource marks it
@@ -115,15 +116,16 @@ def with_secrets(user_data: str) -> Expr:
     return Expr(text)
 
 
-def _escape_all(value: Any) -> Any:
+def escape_all(value: Any) -> Any:
+    """Escape every literal string of a module document (Expr values stay expressions)."""
     if isinstance(value, Expr):
         return str(value)
     if isinstance(value, str):
         return escape(value)
     if isinstance(value, dict):
-        return {k: _escape_all(v) for k, v in value.items()}
+        return {k: escape_all(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_escape_all(v) for v in value]
+        return [escape_all(v) for v in value]
     return value
 
 
@@ -152,6 +154,8 @@ class VmShape:
     secret_names: tuple[str, ...]
     started: bool = True  # the claim's powerState
     protection: bool = False
+    # The claim's restartPolicy: Immediate lets bpg restart the guest for a change that needs it.
+    reboot_after_update: bool = False
 
 
 def _snippet(shape: VmShape, kind: str, data: Expr | str) -> dict[str, Any]:
@@ -229,9 +233,9 @@ def _vm(shape: VmShape) -> dict[str, Any]:
         "stop_on_destroy": True,
         "migrate": True,
         # CPU and memory edits are written to the VM's configuration and take effect when the
-        # guest next restarts; bpg would otherwise reboot it at once (its default). The claim
-        # says a restart is pending (see status.py).
-        "reboot_after_update": False,
+        # guest next restarts (restartPolicy OnNextBoot, the default; bpg's own default reboots
+        # at once); Immediate restarts it. The claim announces either (function/restart.py).
+        "reboot_after_update": shape.reboot_after_update,
         "scsi_hardware": "virtio-scsi-single",
         # Parallel clones of one template contend for its lock; retry instead of failing.
         # The template is the node's own (model.py refuses one VMID on several nodes); saying
@@ -269,33 +273,35 @@ def _vm(shape: VmShape) -> dict[str, Any]:
     return vm
 
 
-def _outputs(address: str | None) -> dict[str, Any]:
+def ipv4_output(address: str | None, observed: str) -> str:
+    """The ipv4 output: the static address, or the guest's as Terraform reads it.
+
+    `observed` is an expression that gives "" until the guest reports one.
+    """
     if address is not None:
-        ipv4: str = address.split("/", 1)[0]
-    else:
-        # ipv4_addresses is one list per interface, loopback included, empty until the agent runs
-        # and for an interface without IPv4 (Docker's and k3s's veths). flatten, not a test of
-        # length(ips) > 0 && ips[0]: HCL's && does not short-circuit, and try() would turn the
-        # error on an empty list into "" for the whole output.
-        ipv4 = Expr.of(
-            f"try([for ip in flatten({VM}.machine.ipv4_addresses) : ip "
-            f'if ip != "127.0.0.1"][0], "")'
-        )
+        return address.split("/", 1)[0]
+    return Expr.of(observed)
+
+
+def _outputs(address: str | None) -> dict[str, Any]:
+    # ipv4_addresses is one list per interface, loopback included, empty until the agent runs
+    # and for an interface without IPv4 (Docker's and k3s's veths). flatten, not a test of
+    # length(ips) > 0 && ips[0]: HCL's && does not short-circuit, and try() would turn the
+    # error on an empty list into "" for the whole output.
+    agent = (
+        f'try([for ip in flatten({VM}.machine.ipv4_addresses) : ip if ip != "127.0.0.1"][0], "")'
+    )
     return {
         "vm_id": {"value": Expr.of(f"{VM}.machine.vm_id")},
         "node": {"value": Expr.of(f"{VM}.machine.node_name")},
-        "ipv4": {"value": ipv4},
+        "ipv4": {"value": ipv4_output(address, agent)},
     }
 
 
 def module(shape: VmShape) -> dict[str, Any]:
     """The Terraform JSON module for one machine, every literal string escaped."""
     doc: dict[str, Any] = {
-        "terraform": {
-            "required_providers": {
-                "proxmox": {"source": PROVIDER_SOURCE, "version": PROVIDER_VERSION}
-            }
-        },
+        "terraform": {"required_providers": {"proxmox": REQUIRED_PROVIDER}},
         "resource": {
             FILE: {
                 "user_data": _snippet(shape, "user-data", with_secrets(shape.user_data)),
@@ -310,7 +316,7 @@ def module(shape: VmShape) -> dict[str, Any]:
             secret_variable(n): {"type": "string", "sensitive": True}
             for n in sorted(shape.secret_names)
         }
-    return _escape_all(doc)
+    return escape_all(doc)
 
 
 # --- adopted guests ----------------------------------------------------------------------------
@@ -357,6 +363,7 @@ class AdoptedShape:
     started: bool
     protection: bool
     address: str | None  # static CIDR address the claim states; None: DHCP or unknown
+    reboot_after_update: bool = False  # the claim's restartPolicy is Immediate
 
 
 def _managed_vm_arguments(shape: AdoptedShape) -> dict[str, Any]:
@@ -372,8 +379,9 @@ def _managed_vm_arguments(shape: AdoptedShape) -> dict[str, Any]:
         managed["protection"] = shape.protection
     if managed:
         # An imported VM's state says true (bpg's default): a CPU or memory edit would reboot
-        # it at once. The change waits for the guest's next restart, as for created machines.
-        managed["reboot_after_update"] = False
+        # it at once. The change waits for the guest's next restart, as for created machines,
+        # unless the claim's restartPolicy is Immediate.
+        managed["reboot_after_update"] = shape.reboot_after_update
     return managed
 
 
@@ -401,17 +409,13 @@ def adopted_module(shape: AdoptedShape) -> dict[str, Any]:
         "lifecycle": {"ignore_changes": _ignored(managed)},
     }
     doc: dict[str, Any] = {
-        "terraform": {
-            "required_providers": {
-                "proxmox": {"source": PROVIDER_SOURCE, "version": PROVIDER_VERSION}
-            }
-        },
+        "terraform": {"required_providers": {"proxmox": REQUIRED_PROVIDER}},
         # A literal id: Terraform 1.5 (provider-terraform's) takes no expression here.
         "import": [{"to": f"{VM}.machine", "id": f"{shape.node}/{shape.vmid}"}],
         "resource": {VM: {"machine": vm}},
         "output": _outputs(shape.address),
     }
-    return _escape_all(doc)
+    return escape_all(doc)
 
 
 def to_json(doc: dict[str, Any]) -> str:

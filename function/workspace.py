@@ -147,7 +147,8 @@ def condition(observed: dict[str, Any] | None, kind: str) -> dict[str, Any] | No
 
 
 # What the running VM was created with, and never changes in place (see terraform.py).
-_CREATE_ONLY = {
+_CT_PATH = ("resource", "proxmox_virtual_environment_container", "container")
+_CREATE_ONLY: dict[str, tuple[str | int, ...]] = {
     "user-data (bootstrap, roles, devices' guest setup)": (
         "resource",
         "proxmox_virtual_environment_file",
@@ -172,6 +173,12 @@ _CREATE_ONLY = {
         0,
         "vm_id",
     ),
+    # A container's (function/lxc.py): bpg would re-create it for any of these.
+    "unprivileged flag": (*_CT_PATH, "unprivileged"),
+    "mount points (volumes are made with the container)": (*_CT_PATH, "mount_point"),
+    "storage pool (where its root filesystem is)": (*_CT_PATH, "disk", 0, "datastore_id"),
+    "image (template archive)": (*_CT_PATH, "operating_system", 0, "template_file_id"),
+    "root's SSH keys": (*_CT_PATH, "initialization", 0, "user_account"),
 }
 
 
@@ -244,8 +251,9 @@ def taken_over(observed: dict[str, Any] | None, desired: dict[str, Any]) -> list
     if "import" not in now:
         return []
     was = module_of(observed) if observed is not None else {}
-    before = obj(dig(was, *_VM_PATH)) if "import" in was else {}
-    after = obj(dig(now, *_VM_PATH))
+    path = _CT_PATH if dig(now, *_CT_PATH) is not None else _VM_PATH
+    before = obj(dig(was, *path)) if "import" in was else {}
+    after = obj(dig(now, *path))
     return [
         f"{name} = {json.dumps(value, sort_keys=True)}"
         for name, value in sorted(after.items())

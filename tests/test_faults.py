@@ -74,7 +74,7 @@ def assert_held(rsp: fnv1.RunFunctionResponse, observed: dict[str, Any], first) 
 def without_still_fawn() -> list[dict[str, Any]]:
     data = inventory_data(inventory_cm())
     data["nodes"] = [n for n in data["nodes"] if n["name"] != "still-fawn"]
-    for image in data["images"].values():
+    for image in [*data["images"].values(), *data["containerImages"].values()]:
         image["templates"].pop("still-fawn")
     return [with_inventory(data)]
 
@@ -178,9 +178,11 @@ def converge_partly(call, req, objects, *, v2: bool, unanswered: set[str]):
     return rsp
 
 
+REQUIREMENTS = {"inventory", "fleet", "containers", "reservations"}
 UNANSWERED = [
     ("fleet, 1.x", {"fleet"}, False, "WaitingForFleet"),
     ("fleet, 2.x", {"fleet"}, True, "WaitingForFleet"),
+    ("containers, 2.x", {"containers"}, True, "WaitingForFleet"),
     ("inventory, 2.x", {"inventory"}, True, "WaitingForInventory"),
     ("reservations, 1.x", {"reservations"}, False, "WaitingForReservations"),
 ]
@@ -203,7 +205,7 @@ def test_unanswered_requirement_places_nothing_and_is_not_fatal(call, case, unan
     assert scheduled.reason == reason
     assert rsp.desired.composite.ready == fnv1.READY_FALSE
     # The function asked for all again: Crossplane will answer on a later reconcile.
-    assert set(rsp.requirements.extra_resources) == {"inventory", "fleet", "reservations"}
+    assert set(rsp.requirements.extra_resources) == REQUIREMENTS
 
 
 @pytest.mark.parametrize(

@@ -63,13 +63,14 @@ def test_pinned_claim_lands_on_its_node(call, v2):
 def test_both_requirement_fields_are_declared_identically(call):
     rsp = reconcile(call, xr("web", basic_spec()))
     reqs = rsp.requirements
-    assert set(reqs.extra_resources) == {"inventory", "fleet", "reservations"}
-    for name in ("inventory", "fleet", "reservations"):
+    assert set(reqs.extra_resources) == {"inventory", "fleet", "containers", "reservations"}
+    for name in ("inventory", "fleet", "containers", "reservations"):
         assert reqs.extra_resources[name] == reqs.resources[name]
     inv = reqs.extra_resources["inventory"]
     assert inv.kind == "ConfigMap"
     assert dict(inv.match_labels.labels) == {"fabric.homelab.io/inventory": "homelab"}
     assert reqs.extra_resources["fleet"].kind == "XMachine"
+    assert reqs.extra_resources["containers"].kind == "XContainer"
 
 
 def test_unplaced_claim_is_placed_automatically(call):
@@ -299,7 +300,7 @@ def test_bad_function_input_holds_existing_machine(call):
 def test_admin_key_reaches_user_data_on_an_edited_inventory(call):
     data = inventory_data(inventory_cm())
     data["nodes"] = [n for n in data["nodes"] if n["name"] != "pumped-piglet"]
-    for image in data["images"].values():
+    for image in [*data["images"].values(), *data["containerImages"].values()]:
         image["templates"].pop("pumped-piglet", None)
     rsp = reconcile(call, xr("k", basic_spec(placement={"node": "pve"})), [with_inventory(data)])
     assert status(rsp)["node"] == "pve"

@@ -277,6 +277,7 @@ STATUS_FIELDS = {
     "deviceSummary",
     "message",
     "workspace",
+    "backup",
 }
 PHASES = ["Pending", "Invalid", "Unschedulable", "Scheduled", "Provisioning", "Running", "Held"]
 
@@ -287,7 +288,7 @@ def test_status_schema() -> None:
     assert set(props) == STATUS_FIELDS
     assert props["phase"]["enum"] == PHASES
     assert props["vmId"]["type"] == "integer"
-    for name in STATUS_FIELDS - {"vmId", "devices"}:
+    for name in STATUS_FIELDS - {"vmId", "devices", "backup"}:
         assert props[name]["type"] == "string", name
     device = props["devices"]["items"]
     assert set(device["properties"]) == {"class", "node", "mapping", "id"}
@@ -1026,3 +1027,31 @@ def test_function_never_imports_discovery() -> None:
         if DISCOVERY in path.read_text(encoding="utf-8")
     ]
     assert offenders == []
+
+
+# --- containers: the same rules for the XContainer XRDs -----------------------------------------
+
+XRD_CT_V1 = ROOT / "xrds" / "xcontainer.yaml"
+XRD_CT_V2 = ROOT / "xrds" / "v2" / "xcontainer-namespaced.yaml"
+
+
+def test_container_xrd_spec_matches_container_spec_model() -> None:
+    schema = model.ContainerSpec.model_json_schema(by_alias=True)
+    found = compare_with_model(schema, spec_schema(XRD_CT_V1), schema.get("$defs", {}), "spec")
+    assert found == []
+
+
+def test_container_xrds_are_twins_with_the_machines_status() -> None:
+    v1, v2 = load(XRD_CT_V1), load(XRD_CT_V2)
+    assert v1["metadata"]["name"] == v2["metadata"]["name"] == f"xcontainers.{GROUP}"
+    assert v1["spec"]["claimNames"] == {
+        "kind": "Container",
+        "plural": "containers",
+        "categories": ["fabric"],
+    }
+    assert v2["spec"]["scope"] == "Namespaced"
+    assert xrd_version(XRD_CT_V2) == xrd_version(XRD_CT_V1)
+    # One status for every guest: placement, phase and conditions read the same.
+    assert status_schema(XRD_CT_V1) == status_schema(XRD_V1)
+    columns = xrd_version(XRD_CT_V1)["additionalPrinterColumns"]
+    assert columns == xrd_version(XRD_V1)["additionalPrinterColumns"]

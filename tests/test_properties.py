@@ -361,6 +361,11 @@ def valid_inventories(draw: st.DrawFn, *, extra_nodes: int = 4) -> dict[str, Any
             image["templates"] = templates
         else:
             del data["images"][image_name]
+    for ct_image in data.get("containerImages", {}).values():
+        ct_image["templates"] = {n: v for n, v in ct_image["templates"].items() if n in names}
+    data["containerImages"] = {
+        k: v for k, v in data.get("containerImages", {}).items() if v["templates"]
+    }
     data["unmanaged"] = [g for g in data["unmanaged"] if g["node"] in names]
     lan_size = draw(st.integers(1, 40))
     data["networks"]["lan"]["pool"]["end"] = str(
@@ -1141,6 +1146,7 @@ def two_gpu_nodes() -> dict[str, Any]:
     ]
     for image in data["images"].values():
         image["templates"] = {"x": 9001, "y": 9002}
+    data.pop("containerImages", None)
     data["unmanaged"] = []
     return data
 

@@ -34,12 +34,16 @@ from tools import controlplane, xpsim
 RUNS = int(os.environ.get("FABRIC_CHURN_RUNS", "1000"))
 STEPS = 24
 LAG = 0.3
+CONTAINER = {"image": "debian-12-lxc", "cpu": 1, "memory": "512Mi", "disk": "8Gi"}
+# (kind, spec): machines and containers share the VMID range and the address pools.
 SPECS = [
-    basic_spec(),
-    basic_spec(network={"name": "lan", "address": "dhcp"}),
-    basic_spec(network={"name": "k3s-cluster"}),
-    gpu_spec(roles=["docker-host"]),
-    basic_spec(devices=[{"class": "coral-tpu"}]),
+    ("XMachine", basic_spec()),
+    ("XMachine", basic_spec(network={"name": "lan", "address": "dhcp"})),
+    ("XMachine", basic_spec(network={"name": "k3s-cluster"})),
+    ("XMachine", gpu_spec(roles=["docker-host"])),
+    ("XMachine", basic_spec(devices=[{"class": "coral-tpu"}])),
+    ("XContainer", {**CONTAINER, "network": {"name": "lan"}}),
+    ("XContainer", {**CONTAINER, "network": {"name": "k3s-cluster", "address": "auto"}}),
 ]
 
 
@@ -75,8 +79,10 @@ def churn(call: Any, seed: int, steps: int = STEPS) -> controlplane.Cluster:
         roll = rng.random()
         if roll < 0.25 or not cluster.xrs:
             made += 1
-            spec = rng.choice(SPECS)
-            cluster.create(xr(f"m{made}", spec, created=f"2026-11-01T10:00:{made:02d}Z"))
+            kind, spec = rng.choice(SPECS)
+            new = xr(f"m{made}", spec, created=f"2026-11-01T10:00:{made:02d}Z")
+            new["kind"] = kind
+            cluster.create(new)
         elif roll < 0.35:
             cluster.delete(rng.choice(sorted(cluster.xrs)))
         elif roll < 0.42:

@@ -76,7 +76,7 @@ def test_no_secret_value_in_workspace_status_events_or_logs(debug_server):
     # The function never even asks for Secrets: only the inventory, the fleet, the Reservations.
     for rsp in (first, second):
         kinds = {sel.kind for sel in rsp.requirements.resources.values()}
-        assert kinds == {"ConfigMap", "XMachine", "Reservation"}
+        assert kinds == {"ConfigMap", "XMachine", "XContainer", "Reservation"}
     text = log.read_text()
     assert "reconciled" in text  # the log is there, and it is clean
     for value in (TOKEN, URL):

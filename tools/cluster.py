@@ -625,7 +625,8 @@ class Cluster:
         self.apply(ROOT / "cluster")
         tf = provider_terraform_crds()
         self.apply(*tf)
-        self.apply(ROOT / "xrds" / "xmachine.yaml")
+        # Every reconcile lists XContainers too (one fleet): their XRD is part of the install.
+        self.apply(ROOT / "xrds" / "xmachine.yaml", ROOT / "xrds" / "xcontainer.yaml")
         self.apply_docs(
             [
                 {
@@ -636,15 +637,12 @@ class Cluster:
                 }
             ]
         )
-        self.apply(ROOT / "compositions" / "composition.yaml")
-        self.run_function()
-        self.wait(
-            "the XRD to be established and offered",
-            lambda: (
-                _conditions(self.get("xrd", "xmachines.fabric.homelab.io")).get("Offered") == "True"
-            ),
-            timeout=120,
+        self.apply(
+            ROOT / "compositions" / "composition.yaml", ROOT / "compositions" / "container.yaml"
         )
+        self.run_function()
+        for xrd in ("xmachines.fabric.homelab.io", "xcontainers.fabric.homelab.io"):
+            self.wait(f"the XRD {xrd} to be established and offered", self._offered(xrd), 120)
         if examples:
             self.kubectl("create", "namespace", CLAIMS_NS)
             self.apply(ROOT / "examples" / "inventory.yaml")
@@ -652,6 +650,9 @@ class Cluster:
             self.apply(*secrets)
         self.timings["fabric installed"] = time.monotonic() - began
         self.log(f"Fabric installed in {self.timings['fabric installed']:.0f} s")
+
+    def _offered(self, xrd: str) -> Callable[[], bool]:
+        return lambda: _conditions(self.get("xrd", xrd)).get("Offered") == "True"
 
     def run_function(self) -> None:
         """Play the kubelet for the function's Deployment: start what it describes."""

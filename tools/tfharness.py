@@ -190,6 +190,15 @@ FILLS: dict[str, dict[str, Callable[[dict[str, Any], dict[str, str]], Any]]] = {
         "file_size": lambda v, _: len(v["source_raw"][0]["data"].encode()),
         "file_tag": lambda _v, _f: "",
     },
+    "proxmox_virtual_environment_container": {
+        "id": lambda v, _: str(v["vm_id"]),
+        "cpu.units": lambda _v, _f: 1024,
+        "disk.path_in_datastore": lambda v, _: f"subvol-{v['vm_id']}-disk-0",
+        "mount_point.path_in_datastore": lambda v, _: f"subvol-{v['vm_id']}-disk-1",
+        "network_interface.mac_address": lambda _v, _f: MAC,
+        "ipv4": lambda _v, _f: {"eth0": GUEST_IPV4},
+        "ipv6": lambda _v, _f: {},
+    },
     "proxmox_virtual_environment_vm": {
         "id": lambda v, _: str(v["vm_id"]),
         "boot_order": lambda v, _: [v["disk"][0]["interface"], "net0"],
@@ -210,6 +219,30 @@ FILLS: dict[str, dict[str, Callable[[dict[str, Any], dict[str, str]], Any]]] = {
         "network_interface_names": lambda _v, _f: ["lo", "eth0"],
         "network_device.mac_address": lambda _v, _f: MAC,
         "vga": lambda _v, _f: [{"clipboard": "", "memory": 16, "type": "std"}],
+    },
+    # The Homelab's backups Workspace (function/backups.py): what Proxmox reports for a PBS
+    # storage and a vzdump job when the module leaves these unset.
+    "proxmox_storage_pbs": {
+        "content": lambda _v, _f: ["backup"],
+        "disable": lambda _v, _f: False,
+        "encryption_key_fingerprint": lambda _v, _f: None,
+        "generated_encryption_key": lambda _v, _f: None,
+        "nodes": lambda _v, _f: None,
+        "shared": lambda _v, _f: True,
+    },
+    "proxmox_backup_job": {
+        "all": lambda _v, _f: False,
+        "bwlimit": lambda _v, _f: None,
+        "compress": lambda _v, _f: "zstd",
+        "enabled": lambda _v, _f: True,
+        "ionice": lambda _v, _f: None,
+        "mailnotification": lambda _v, _f: None,
+        "mode": lambda _v, _f: "snapshot",
+        "protected": lambda _v, _f: None,
+        "prune_backups": lambda _v, _f: None,
+        "remove": lambda _v, _f: None,
+        "repeat_missed": lambda _v, _f: None,
+        "stdexcludes": lambda _v, _f: None,
     },
 }
 
@@ -264,7 +297,9 @@ def state_from_plan(plan: dict[str, Any]) -> dict[str, Any]:
                     {
                         "schema_version": res.get("schema_version", 0),
                         "attributes": attrs,
-                        "sensitive_attributes": [],
+                        # Values from sensitive variables carry Terraform's mark into the
+                        # state; a prior state without it would plan an update of the mark.
+                        "sensitive_attributes": _marked(plan, res["address"]),
                     }
                 ],
             }
@@ -277,6 +312,23 @@ def state_from_plan(plan: dict[str, Any]) -> dict[str, Any]:
         "outputs": {},
         "resources": resources,
     }
+
+
+def _marked(plan: dict[str, Any], address: str) -> list[list[dict[str, str]]]:
+    """Top-level attributes set from a sensitive variable, as the state's sensitive_attributes.
+
+    Only value marks are stored (a schema-sensitive attribute is not marked in the state).
+    """
+    config = plan.get("configuration", {}).get("root_module", {})
+    secret = {f"var.{n}" for n, v in config.get("variables", {}).items() if v.get("sensitive")}
+    resource: dict[str, Any] = next(
+        (r for r in config.get("resources", []) if r["address"] == address), {}
+    )
+    return [
+        [{"type": "get_attr", "value": name}]
+        for name, expr in sorted(resource.get("expressions", {}).items())
+        if isinstance(expr, dict) and secret & set(expr.get("references", []))
+    ]
 
 
 def state_from_import(plan: dict[str, Any]) -> dict[str, Any]:
