@@ -390,10 +390,13 @@ def _lxc_device(draft: _Draft, key: str, text: str) -> None:
             named = f"inventory device {device.mapping}" if device else "in no resource mapping"
             what = f"; it is USB {found.usb_id} at port {found.path}, {named}"
             if device is not None:
+                # The adopted container holds it in the fleet (no machine is given it), though
+                # Fabric never writes its devN entry: that stays as it is, root@pam's.
+                draft.devices.append(device.mapping)
                 draft.note(
-                    f"{key} passes inventory device {device.mapping} into this container: until "
-                    f'Fabric manages it, set heldBy: "{draft.guest.vmid} {draft.guest.name}" '
-                    f"on {device.mapping} in the inventory so that no VM is given it"
+                    f"{key} passes inventory device {device.mapping} into this container: the "
+                    "claim holds it (adopt.devices), so no VM is given it",
+                    warn=False,
                 )
     draft.needs_root.append(f"{key}: {text} (LXC device passthrough is {ROOT_ONLY}{what})")
 

@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from fabric_discover.cli import cli
-from function import terraform
+from function import lxc, terraform
 from tests.conftest import (
     applied,
     desired_ws,
@@ -45,6 +45,9 @@ TOKEN = tfharness.DUMMY_CREDENTIALS["proxmox.auto.tfvars.json"]["proxmox_api_tok
 VM = "proxmox_virtual_environment_vm.machine"
 # The guests the homelab's owner wants under Crossplane first (issue 11), by claim name.
 SEED_VMS = ("k3s-vm-pve", "k3s-vm-still-fawn", "k3s-vm-pumped-piglet-gpu", "haos")
+SEED = (*SEED_VMS, "frigate")
+# The resource each kind's module imports.
+IMPORTED = {"Machine": VM, "Container": lxc.ADDRESS}
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +77,13 @@ def homelab(proxmox: FakeProxmox) -> tuple[dict[str, Any], dict[str, dict[str, A
 
 
 def _fleet(claims: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each Machine claim as Crossplane's XR of it, created in the order discovery wrote them."""
-    machines = [c for c in claims.values() if c["kind"] == "Machine"]
-    return {
-        c["metadata"]["name"]: xr(
-            c["metadata"]["name"], c["spec"], created=f"2026-12-01T10:00:{i:02d}Z"
-        )
-        for i, c in enumerate(machines)
-    }
+    """Each claim as Crossplane's XR of it, created in the order discovery wrote them."""
+    fleet = {}
+    for i, claim in enumerate(claims.values()):
+        name = claim["metadata"]["name"]
+        fleet[name] = xr(name, claim["spec"], created=f"2026-12-01T10:00:{i:02d}Z")
+        fleet[name]["kind"] = "X" + claim["kind"]
+    return fleet
 
 
 def _render(
@@ -110,7 +112,7 @@ def test_discovery_claims_every_seed_guest(
     assert claims["frigate"]["kind"] == "Container"
 
 
-@pytest.mark.parametrize("name", SEED_VMS)
+@pytest.mark.parametrize("name", SEED)
 def test_an_adopted_guest_is_imported_and_nothing_changes(
     name: str,
     homelab: tuple[dict[str, Any], dict[str, dict[str, Any]]],
@@ -137,15 +139,15 @@ def test_an_adopted_guest_is_imported_and_nothing_changes(
     plan = work.plan()
     assert proxmox.unanswered == [], "the provider asked for what the recording lacks"
     changes = {rc["address"]: rc for rc in plan["resource_changes"]}
-    assert list(changes) == [VM]
-    vm = changes[VM]
+    assert list(changes) == [IMPORTED[claim["kind"]]]
+    vm = changes[IMPORTED[claim["kind"]]]
     assert vm["change"]["actions"] == ["no-op"], vm["change"]["actions"]
     # From an empty state, a resource with a "before" is one the import read from Proxmox
     # (Terraform 1.5's JSON plan has no "importing" field yet).
     imported = vm["change"]["before"]
     assert imported is not None
     assert imported["node_name"] == adopt["node"]
-    assert imported["vm_id"] == adopt["vmid"]
+    assert imported["id"] == str(adopt["vmid"])
     assert imported["clone"] == []  # nothing Fabric renders may add one: bpg #1988
 
 

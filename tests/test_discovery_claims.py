@@ -103,7 +103,8 @@ SEED = {
     "frigate": _claim(
         "Container",
         "frigate",
-        _adopt("fun-bedbug", 113)
+        # dev0 is the Coral: the claim holds it, so no VM is given it.
+        _adopt("fun-bedbug", 113, "coral-usb")
         | {"cpu": 2, "memory": "4Gi", "disk": "20Gi"}
         | {"network": {"name": "lan", "address": "192.168.4.13/24"}, "unprivileged": True},
         "dev0: /dev/bus/usb/002/002 (LXC device passthrough is root@pam only; it is USB "
@@ -162,7 +163,6 @@ def test_claims_say_why_in_comments_and_warnings(plain: FakeProxmox) -> None:
         "warning: vm 116 haos: usb0 uses usb mapping zigbee, which the inventory has no device "
         "for on chief-horse; not in adopt.devices"
     ) in result.stderr
-    assert 'set heldBy: "113 frigate" on coral-usb' in result.stderr
     assert SECRET not in result.stdout
     assert SECRET not in result.stderr
 
@@ -419,7 +419,7 @@ RULES: dict[str, tuple[Guest, dict[str, Any], list[str], str]] = {
     "ct-device-by-bus-number": (
         CT,
         {"dev0": "path=/dev/bus/usb/001/005,mode=0664"},
-        [],
+        ["coral"],  # held by the container's claim, so no VM is given it
         (
             "dev0: path=/dev/bus/usb/001/005,mode=0664 (LXC device passthrough is root@pam only; "
             "it is USB 1a6e:089a at port 1-4, inventory device coral)"
