@@ -642,7 +642,7 @@ class Cluster:
         )
         self.run_function()
         for xrd in ("xmachines.fabric.homelab.io", "xcontainers.fabric.homelab.io"):
-            self.wait(f"the XRD {xrd} to be established and offered", self._offered(xrd), 120)
+            self.wait(f"the XRD {xrd} to be established and offered", self.offered(xrd), 120)
         if examples:
             self.kubectl("create", "namespace", CLAIMS_NS)
             self.apply(ROOT / "examples" / "inventory.yaml")
@@ -651,7 +651,8 @@ class Cluster:
         self.timings["fabric installed"] = time.monotonic() - began
         self.log(f"Fabric installed in {self.timings['fabric installed']:.0f} s")
 
-    def _offered(self, xrd: str) -> Callable[[], bool]:
+    def offered(self, xrd: str) -> Callable[[], bool]:
+        """A check for `wait`: the XRD is established and its kind offered."""
         return lambda: _conditions(self.get("xrd", xrd)).get("Offered") == "True"
 
     def run_function(self) -> None:
@@ -969,20 +970,73 @@ def capture_docs(cluster: Cluster) -> str:
     )
 
 
+HOMELAB_BEGIN = "<!-- homelab captured by `make cluster-docs`: do not edit -->"
+HOMELAB_END = "<!-- end of captured homelab -->"
+
+
+def install_homelab(cluster: Cluster) -> None:
+    """Install the Homelab composite as a user does, and wait for its fleet view."""
+    cluster.apply(ROOT / "xrds" / "homelab.yaml")
+    # No claim kind: the XRD is Established, never Offered.
+    cluster.wait(
+        "the Homelab XRD",
+        lambda: (
+            _conditions(cluster.get("xrd", "homelabs.fabric.homelab.io")).get("Established")
+            == "True"
+        ),
+        timeout=120,
+    )
+    cluster.apply(ROOT / "compositions" / "homelab.yaml", ROOT / "examples" / "homelab.yaml")
+
+    def viewed() -> bool:
+        found = cluster.get("homelab", "homelab")
+        return bool(found and (found.get("status") or {}).get("summary"))
+
+    cluster.wait("the Homelab's fleet view", viewed, timeout=300)
+
+
+def capture_homelab(cluster: Cluster) -> str:
+    """`kubectl get homelab` and `kubectl describe homelab` as README Markdown."""
+    get = cluster.kubectl("get", "homelab")
+    describe = cluster.kubectl("describe", "homelab", "homelab")
+    return "\n".join(
+        [
+            HOMELAB_BEGIN,
+            "```",
+            "$ kubectl get homelab",
+            get.rstrip(),
+            "```",
+            "",
+            "```",
+            "$ kubectl describe homelab homelab",
+            describe.rstrip(),
+            "```",
+            HOMELAB_END,
+        ]
+    )
+
+
+def _replace(text: str, begin: str, end: str, captured: str) -> str:
+    head, rest = text.split(begin, 1)
+    return head + captured + rest.split(end, 1)[1]
+
+
 def regenerate_docs() -> int:
     """Bring a cluster up, apply the examples, and rewrite README's captured sections."""
     text = README.read_text()
-    if DOCS_BEGIN not in text or DOCS_END not in text:
-        sys.stderr.write(f"README.md has no {DOCS_BEGIN!r} … {DOCS_END!r} section\n")
-        return 1
+    for begin, end in ((DOCS_BEGIN, DOCS_END), (HOMELAB_BEGIN, HOMELAB_END)):
+        if begin not in text or end not in text:
+            sys.stderr.write(f"README.md has no {begin!r} … {end!r} section\n")
+            return 1
     with running() as cluster:
         for stem in ORDER:
             apply_claims(cluster, [ROOT / "examples" / "claims" / f"{stem}.yaml"])
         captured = capture_docs(cluster)
-    head, rest = text.split(DOCS_BEGIN, 1)
-    tail = rest.split(DOCS_END, 1)[1]
-    README.write_text(head + captured + tail)
-    _say("README.md: kubectl get machines / describe machine sections rewritten")
+        install_homelab(cluster)
+        homelab = capture_homelab(cluster)
+    text = _replace(text, DOCS_BEGIN, DOCS_END, captured)
+    README.write_text(_replace(text, HOMELAB_BEGIN, HOMELAB_END, homelab))
+    _say("README.md: kubectl get/describe machine and homelab sections rewritten")
     return 0
 
 
