@@ -37,7 +37,7 @@ import grpc
 from crossplane.function import logging, resource
 
 from bench import synthetic
-from function import fleet, reservations
+from function import fleet, record, reservations
 from function.fn import run
 from function.main import MAX_MESSAGE_BYTES
 from tools import xpsim
@@ -89,7 +89,7 @@ def steady_request(nodes: int, machines: int) -> fnv1.RunFunctionRequest:
     table = [
         body
         for xr in xrs[:-1]
-        if (held := fleet.held_from_status(xr.get("status") or {})) is not None
+        if (held := record.from_status(xr.get("status") or {})) is not None
         for body in reservations.manifests(fleet.machine_key(xr), held).values()
     ]
     cluster = xpsim.Cluster([inventory, *xrs[:-1], me, *table, *mine.values()])

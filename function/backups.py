@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from function import backupspec, fleet, terraform, workspace
+from function import backupspec, fleet, record, terraform, workspace
 from function.model import FunctionInput, Inventory
 
 RESOURCE_NAME = "backups"
@@ -28,7 +28,7 @@ RESOURCE_NAME = "backups"
 # one, of the same schema; proxmox_backup_job is bpg's only backup job resource.
 STORAGE = "proxmox_storage_pbs"
 JOB = "proxmox_backup_job"
-ANNOTATION = fleet.ANNOTATION_PREFIX + "backups"
+ANNOTATION = record.ANNOTATION_PREFIX + "backups"
 
 
 @dataclass(frozen=True)

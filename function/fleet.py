@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
-import json
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -20,15 +18,15 @@ import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import pydantic
 from google.protobuf import struct_pb2
 
+from function import record
 from function.demand import check_secret_namespaces
 from function.errors import FabricError, canonical
 from function.model import CROSSPLANE_SPEC_FIELDS, ContainerSpec, MachineSpec, intent
+from function.record import Held, obj
 from function.requirements import BoundedCache, to_plain
 
 CLAIM_NAME = "crossplane.io/claim-name"
 CLAIM_NAMESPACE = "crossplane.io/claim-namespace"
-ANNOTATION_PREFIX = "fabric.homelab.io/"
-MIN_VMID, MAX_VMID = 100, 999_999_999  # what Proxmox accepts
 # The parts of an XMachine the fleet is built from (see member()); the rest is never read.
 RECORD_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 RECORD_METADATA = ("name", "namespace", "uid", "creationTimestamp", "labels")
@@ -40,23 +38,6 @@ MAX_FLEETS = 4  # one answer is current at a time; a few more cover changes in f
 MIN_RECORDS = 1024
 MAX_RECORDS = 10_000  # twice fn.MAX_FLEET
 MAX_SPECS = 4096  # distinct intents; machines of one kind share one
-
-
-@dataclass(frozen=True)
-class Held:
-    """A placement a machine holds for good: node, VMID, devices, static address."""
-
-    node: str
-    vmid: int
-    devices: tuple[str, ...] = ()  # resource mapping names
-    address: str | None = None  # static CIDR address Fabric allocated or the claim set
-    network: str | None = None
-    # The datastore holding the snippets the VM boots from: its cicustom points there for good,
-    # so a later edit of the node's snippetsDatastore must not move them.
-    snippets: str | None = None
-    # An existing guest a claim adopted: Terraform imported it, Fabric never cloned it, and it
-    # must never be rendered as a clone (bpg would replace it).
-    adopted: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,11 +55,6 @@ class Member:
         return (self.created, self.key)
 
 
-def obj(value: Any) -> dict[str, Any]:
-    """The value if it is a mapping, else an empty one: stored objects can be malformed."""
-    return value if isinstance(value, dict) else {}
-
-
 def machine_key(xr: dict[str, Any]) -> str:
     """The name users know a machine by: the claim's namespace/name when there is a claim."""
     meta = obj(xr.get("metadata"))
@@ -91,97 +67,6 @@ def machine_key(xr: dict[str, Any]) -> str:
     if meta.get("namespace"):
         return f"{meta['namespace']}/{meta.get('name', '')}"
     return str(meta.get("name", ""))
-
-
-def as_vmid(value: Any) -> int | None:
-    """A recorded VMID, or None when it is not one Proxmox could have."""
-    # struct_to_dict turns integers into floats; a VMID is a whole number in Proxmox's
-    # range or nothing (a recorded 0 must not be rendered as vm_id 0).
-    number = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = int(value) if float(value).is_integer() else None
-    elif isinstance(value, str) and value.isdigit():
-        number = int(value)
-    return number if number is not None and MIN_VMID <= number <= MAX_VMID else None
-
-
-def held_from_status(status: dict[str, Any]) -> Held | None:
-    """Read a recorded placement from an XR status, if it has a complete one."""
-    node, vmid = status.get("node"), as_vmid(status.get("vmId"))
-    if not isinstance(node, str) or not node or vmid is None:
-        return None
-    listed = status.get("devices")
-    devices = tuple(
-        sorted(
-            str(d["mapping"])
-            for d in (listed if isinstance(listed, list) else [])
-            if isinstance(d, dict) and d.get("mapping")
-        )
-    )
-    network = status.get("network")
-    return Held(node, vmid, devices, as_cidr(status.get("address")), _text(network))
-
-
-def as_cidr(value: Any) -> str | None:
-    """A recorded CIDR address, or None when it is not a valid one."""
-    # Fabric writes valid addresses; anything else was written by hand and is not trusted
-    # to hold an address (one broken status must not break every other machine's call).
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        ipaddress.IPv4Interface(value)
-    except ValueError:
-        return None
-    return value if "/" in value else None
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def held_from_workspace(workspace: dict[str, Any]) -> Held | None:
-    """Read the placement recorded in the annotations of an observed Workspace."""
-    notes = obj(obj(workspace.get("metadata")).get("annotations"))
-    node = _text(notes.get(ANNOTATION_PREFIX + "node"))
-    vmid = as_vmid(notes.get(ANNOTATION_PREFIX + "vmid"))
-    if node is None or vmid is None:
-        return None
-    listed = _text(notes.get(ANNOTATION_PREFIX + "devices")) or ""
-    devices = tuple(sorted(d for d in listed.split(",") if d))
-    address = as_cidr(notes.get(ANNOTATION_PREFIX + "address"))
-    network = _text(notes.get(ANNOTATION_PREFIX + "network"))
-    # Workspaces written before the annotation existed: the module says where the snippets are.
-    snippets = _text(notes.get(ANNOTATION_PREFIX + "snippets")) or _text(
-        dig(module_of(workspace), *USER_DATA_DATASTORE)
-    )
-    adopted = notes.get(ANNOTATION_PREFIX + "adopted") == "true"
-    return Held(node, vmid, devices, address, network, snippets, adopted)
-
-
-# Where, in a module, the user-data snippet's datastore is.
-USER_DATA_DATASTORE = ("resource", "proxmox_virtual_environment_file", "user_data", "datastore_id")
-
-
-def module_of(ws: dict[str, Any]) -> dict[str, Any]:
-    """The Terraform module a Workspace carries, parsed; {} when it has none or a broken one."""
-    text = obj(obj(ws.get("spec")).get("forProvider")).get("module")
-    if not isinstance(text, str):
-        return {}
-    try:
-        found = json.loads(text)
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def dig(doc: Any, *path: str | int) -> Any:
-    """The value at a path of keys and list indexes, or None where the path breaks off."""
-    for step in path:
-        if isinstance(step, int):
-            doc = doc[step] if isinstance(doc, list) and len(doc) > step else None
-        else:
-            doc = doc.get(step) if isinstance(doc, dict) else None
-    return doc
 
 
 CONTAINER_KIND = "XContainer"
@@ -229,7 +114,7 @@ def _member(xr: dict[str, Any], spec: MachineSpec | ContainerSpec | None) -> Mem
         key=key,
         created=str(meta.get("creationTimestamp") or ""),
         spec=spec,
-        held=held_from_status(status),
+        held=record.from_status(status),
     )
 
 

@@ -18,7 +18,17 @@ from typing import Any
 
 import pydantic
 
-from function import backupspec, fleet, render, reservations, restart, status, workspace, yamlio
+from function import (
+    backupspec,
+    fleet,
+    record,
+    render,
+    reservations,
+    restart,
+    status,
+    workspace,
+    yamlio,
+)
 from function.demand import Demand, Spec, check_secret_namespaces, resolve
 from function.errors import FabricError, canonical, describe
 from function.model import DNS_LABEL, ContainerSpec, FunctionInput, Inventory, intent
@@ -178,7 +188,7 @@ def _me(
         # The Workspace is where the VM is; only its own record says where. A status can be
         # stale or edited, and rendering from it could move or replace the VM: without a
         # readable record in the Workspace, hold it instead.
-        held = fleet.held_from_workspace(observed_ws)
+        held = record.from_workspace(observed_ws)
         if held is None:
             msg = "the observed Workspace carries no Fabric placement; it is held unchanged"
             raise Hold(phase="Held", reason="UnexpectedWorkspace", message=msg)
@@ -201,7 +211,7 @@ def _attempt(
     xr: dict[str, Any],
     table: reservations.Table | None,
     own: dict[str, dict[str, Any]],
-) -> fleet.Held | None:
+) -> record.Held | None:
     """The placement a machine without a Workspace is trying to hold, if it may keep trying.
 
     Its own observed Reservations say it best; else its status (the last attempt, perhaps not
@@ -211,7 +221,7 @@ def _attempt(
     key = fleet.machine_key(xr)
     attempt = reservations.Table.of(list(own.values())).placements.get(key)
     if attempt is None:
-        attempt = fleet.held_from_status(fleet.obj(xr.get("status")))
+        attempt = record.from_status(fleet.obj(xr.get("status")))
     if attempt is not None and table is not None and table.taken_from(key, attempt):
         return None
     return attempt
@@ -415,7 +425,7 @@ def _placed(
     decision.ttl = STEADY if decision.ready else PROVISIONING
 
 
-def _reserving(decision: Decision, req: Request, key: str, held: fleet.Held) -> bool:
+def _reserving(decision: Decision, req: Request, key: str, held: record.Held) -> bool:
     """Reserve what the placement holds; True while the Workspace must wait for it."""
     decision.desired_reservations = reservations.manifests(key, held)
     if req.observed_ws is not None:
@@ -445,7 +455,7 @@ def _held(decision: Decision, req: Request, hold: Hold) -> None:
     if req.observed_ws is not None:
         # Something exists: keep it exactly as it is and say why on the claim.
         decision.desired_ws = workspace.held_copy(req.observed_ws)
-        held = fleet.held_from_workspace(req.observed_ws)
+        held = record.from_workspace(req.observed_ws)
         if held is not None:
             report.placement = Placement.of_held(held)
         # What it holds is held as it is too: Crossplane deletes what a response leaves out.

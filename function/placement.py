@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from function.allocate import Ledger, NodeUse
 from function.demand import Demand, resolve
 from function.errors import FabricError
-from function.fleet import Held, Member
+from function.fleet import Member
 from function.model import Defaults, Inventory
+from function.record import Held
 from function.reservations import Thing
 from function.scheduler import explain, schedule
 

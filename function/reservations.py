@@ -27,7 +27,8 @@ from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 
-from function.fleet import Held, as_cidr, as_vmid, obj
+from function import record
+from function.record import Held, obj
 from function.requirements import RESERVATION_API_VERSION as API_VERSION
 from function.requirements import RESERVATION_KIND as KIND
 from function.requirements import BoundedCache, to_plain
@@ -75,13 +76,6 @@ def manifests(machine_key: str, held: Held) -> dict[str, dict[str, Any]]:
     Each carries the whole placement, so the table tells where a machine is placed even
     before its status says so.
     """
-    record = {
-        "node": held.node,
-        "vmId": held.vmid,
-        "devices": sorted(held.devices),
-        **({"address": held.address} if held.address else {}),
-        **({"network": held.network} if held.network else {}),
-    }
     return {
         thing.resource_name: {
             "apiVersion": API_VERSION,
@@ -91,7 +85,7 @@ def manifests(machine_key: str, held: Held) -> dict[str, dict[str, Any]]:
                 "machine": machine_key,
                 "resource": thing.kind,
                 "value": thing.value,
-                "placement": record,
+                "placement": record.to_reservation(held),
             },
         }
         for thing in things(held)
@@ -99,23 +93,11 @@ def manifests(machine_key: str, held: Held) -> dict[str, dict[str, Any]]:
 
 
 def _held_of(reservation: dict[str, Any]) -> tuple[str, Held] | None:
-    # Read with the fleet's own readers of recorded values: a hand-edited Reservation cannot
-    # hold more than a hand-edited status could.
     spec = obj(reservation.get("spec"))
-    record = obj(spec.get("placement"))
-    machine, node, vmid = spec.get("machine"), record.get("node"), as_vmid(record.get("vmId"))
-    if not isinstance(machine, str) or not isinstance(node, str) or not node or vmid is None:
+    machine, held = spec.get("machine"), record.from_reservation(spec.get("placement"))
+    if not isinstance(machine, str) or held is None:
         return None
-    listed = record.get("devices")
-    devices = listed if isinstance(listed, list) else []
-    network = record.get("network")
-    return machine, Held(
-        node,
-        vmid,
-        tuple(sorted(str(d) for d in devices)),
-        as_cidr(record.get("address")),
-        network if isinstance(network, str) else None,
-    )
+    return machine, held
 
 
 @dataclass(frozen=True)

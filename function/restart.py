@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from function import workspace
-from function.fleet import dig, module_of
+from function.record import dig, module_of
 
 _VM = ("resource", "proxmox_virtual_environment_vm", "machine")
 # bpg restarts a running guest for these too when reboot_after_update is true (cloud-init

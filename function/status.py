@@ -14,10 +14,10 @@ from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 
-from function import workspace
-from function.fleet import obj
+from function import record, workspace
 from function.model import Inventory
 from function.placement import Placement
+from function.record import obj
 
 TARGET = fnv1.TARGET_COMPOSITE_AND_CLAIM
 _STATUS = {
@@ -71,21 +71,6 @@ def _ip(placement: Placement | None, outputs: dict[str, Any]) -> str:
     return ""
 
 
-def _devices(placement: Placement, inv: Inventory | None) -> list[dict[str, str]]:
-    node = inv.node(placement.node) if inv else None
-    known = {d.mapping: d for d in node.devices} if node else {}
-    out = []
-    for mapping in sorted(placement.devices):
-        dev = known.get(mapping)
-        entry = {"mapping": mapping, "node": placement.node}
-        if dev is not None:
-            entry["class"] = dev.device_class
-            if dev.address:
-                entry["id"] = dev.address
-        out.append(entry)
-    return out
-
-
 def xr_status(
     report: Report, inv: Inventory | None, observed_ws: dict[str, Any] | None, ws_name: str
 ) -> dict[str, Any]:
@@ -95,17 +80,7 @@ def xr_status(
         status["message"] = report.message
     placement = report.placement
     if placement is not None:
-        status["node"] = placement.node
-        status["vmId"] = placement.vmid
-        status["devices"] = _devices(placement, inv)
-        if status["devices"]:
-            status["deviceSummary"] = ",".join(
-                f"{d.get('class', 'device')}:{d['mapping']}" for d in status["devices"]
-            )
-        if placement.address:
-            status["address"] = placement.address
-        if placement.network:
-            status["network"] = placement.network
+        status.update(record.to_status(placement.held(), inv))
         ip = _ip(placement, workspace.outputs(observed_ws))
         if ip:
             status["ip"] = ip

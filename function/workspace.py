@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from function.fleet import ANNOTATION_PREFIX, Held, dig, module_of, obj
+from function import record
 from function.model import BootstrapSecret
+from function.record import ANNOTATION_PREFIX, Held, dig, module_of, obj
 
 EXTERNAL_NAME = "crossplane.io/external-name"
 CLUSTER_API = "tf.upbound.io/v1beta1"
@@ -51,24 +52,6 @@ def external_name(xr_uid: str, xr_name: str, xr_namespace: str | None) -> str:
     return f"fabric-{digest}"
 
 
-def placement_annotations(held: Held) -> dict[str, str]:
-    """The placement, as annotations the next call reads back (see fleet.held_from_workspace)."""
-    notes = {
-        ANNOTATION_PREFIX + "node": held.node,
-        ANNOTATION_PREFIX + "vmid": str(held.vmid),
-        ANNOTATION_PREFIX + "devices": ",".join(held.devices),
-    }
-    if held.address:
-        notes[ANNOTATION_PREFIX + "address"] = held.address
-    if held.network:
-        notes[ANNOTATION_PREFIX + "network"] = held.network
-    if held.snippets:
-        notes[ANNOTATION_PREFIX + "snippets"] = held.snippets
-    if held.adopted:
-        notes[ANNOTATION_PREFIX + "adopted"] = "true"
-    return notes
-
-
 def _env(shape: WorkspaceShape) -> list[dict[str, Any]]:
     env = []
     for secret in sorted(shape.secrets, key=lambda s: s.name):
@@ -98,7 +81,7 @@ def manifest(shape: WorkspaceShape) -> dict[str, Any]:
     else:
         spec["providerConfigRef"] = {"name": shape.provider_config}
         spec["deletionPolicy"] = shape.deletion_policy
-    annotations = {EXTERNAL_NAME: shape.external_name, **placement_annotations(shape.held)}
+    annotations = {EXTERNAL_NAME: shape.external_name, **record.to_annotations(shape.held)}
     annotations[ANNOTATION_PREFIX + "machine"] = shape.machine_key
     return {
         "apiVersion": NAMESPACED_API if shape.namespaced else CLUSTER_API,
