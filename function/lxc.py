@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from function.model import Network, Node
-from function.terraform import REQUIRED_PROVIDER, Expr, escape_all, ipv4_output
+from function.terraform import (
+    REQUIRED_PROVIDER,
+    AdoptedShape,
+    Expr,
+    adopted_resource,
+    escape_all,
+    ipv4_output,
+    managed_arguments,
+)
 
 CONTAINER = "proxmox_virtual_environment_container"
 ADDRESS = f"{CONTAINER}.container"
@@ -151,57 +159,14 @@ def module(shape: ContainerShape) -> dict[str, Any]:
     return _document(_container(shape), shape.address, {})
 
 
-@dataclass(frozen=True)
-class AdoptedContainer:
-    """An adopted container: where it is, and the claim's values of the fields it took over."""
-
-    node: str
-    vmid: int
-    manage: frozenset[str]
-    cpu: int
-    memory_mib: int
-    started: bool
-    protection: bool
-    address: str | None
-
-
-def _managed(shape: AdoptedContainer) -> dict[str, Any]:
-    managed: dict[str, Any] = {}
-    if "cpu" in shape.manage:
-        managed["cpu"] = [{"cores": shape.cpu}]
-    if "memory" in shape.manage:
-        managed["memory"] = [{"dedicated": shape.memory_mib}]
-    if "powerState" in shape.manage:
-        managed.update(started=shape.started, start_on_boot=shape.started)
-    if "protection" in shape.manage:
-        managed["protection"] = shape.protection
-    return managed
-
-
-def _ignored(managed: dict[str, Any]) -> list[str] | str:
-    if not managed:
-        return "all"
-    ignored = [a for a in ARGUMENTS if a not in managed]
-    for block, fields, kept in (
-        ("cpu", CPU_FIELDS, "cores"),
-        ("memory", MEMORY_FIELDS, "dedicated"),
-    ):
-        if block in managed:
-            ignored += [f"{block}[0].{f}" for f in fields if f != kept]
-    return ignored
-
-
-def adopted_module(shape: AdoptedContainer) -> dict[str, Any]:
+def adopted_module(shape: AdoptedShape) -> dict[str, Any]:
     """Import an existing container and manage only what the claim took over.
 
-    The same rules as for VMs (terraform.adopted_module).
+    The same rules as for VMs (terraform.adopted_module); a container's CPU and memory change
+    live, so there is no restart to hold back.
     """
-    managed = _managed(shape)
-    resource = {
-        "node_name": shape.node,
-        "vm_id": shape.vmid,
-        **managed,
-        "lifecycle": {"ignore_changes": _ignored(managed)},
-    }
+    managed = managed_arguments(shape, ("started", "start_on_boot"))
+    blocks = {"cpu": CPU_FIELDS, "memory": MEMORY_FIELDS}
+    resource = adopted_resource(shape, managed, ARGUMENTS, blocks)
     imports = {"import": [{"to": ADDRESS, "id": f"{shape.node}/{shape.vmid}"}]}
     return _document(resource, shape.address, imports)

@@ -213,7 +213,7 @@ def _container_module(subject: Subject, placement: Placement) -> str:
     machine, spec, demand, inv = subject.machine, subject.spec, subject.demand, subject.inv
     assert isinstance(spec, ContainerSpec)
     if placement.adopted:
-        adopted = lxc.AdoptedContainer(
+        adopted = terraform.AdoptedShape(
             node=placement.node,
             vmid=placement.vmid,
             manage=frozenset(spec.adopt.manage) if spec.adopt else frozenset(),

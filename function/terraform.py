@@ -366,48 +366,62 @@ class AdoptedShape:
     reboot_after_update: bool = False  # the claim's restartPolicy is Immediate
 
 
-def _managed_vm_arguments(shape: AdoptedShape) -> dict[str, Any]:
-    """The arguments the claim took over, with their values; block values set one field."""
+# Inside a block the claim takes over, the one value Fabric sets; the rest stays the guest's.
+BLOCK_FIELD = {"cpu": "cores", "memory": "dedicated"}
+
+
+def managed_arguments(shape: AdoptedShape, power: tuple[str, ...]) -> dict[str, Any]:
+    """The arguments the claim took over, with their values.
+
+    `power` names the resource's arguments for whether the guest runs, now and at boot.
+    """
     managed: dict[str, Any] = {}
     if "cpu" in shape.manage:
         managed["cpu"] = [{"cores": shape.cpu}]
     if "memory" in shape.manage:
         managed["memory"] = [{"dedicated": shape.memory_mib}]
     if "powerState" in shape.manage:
-        managed.update(started=shape.started, on_boot=shape.started)
+        managed.update(dict.fromkeys(power, shape.started))
     if "protection" in shape.manage:
         managed["protection"] = shape.protection
+    return managed
+
+
+def adopted_resource(
+    shape: AdoptedShape,
+    managed: dict[str, Any],
+    arguments: tuple[str, ...],
+    block_fields: dict[str, tuple[str, ...]],
+) -> dict[str, Any]:
+    """An imported guest's resource: everything but what the claim manages is ignored."""
+    ignored: list[str] | str = "all"
+    if managed:
+        ignored = [a for a in arguments if a not in managed]
+        ignored += [
+            f"{block}[0].{field}"
+            for block, fields in block_fields.items()
+            if block in managed
+            for field in fields
+            if field != BLOCK_FIELD[block]
+        ]
+    return {
+        "node_name": shape.node,
+        "vm_id": shape.vmid,
+        **managed,
+        "lifecycle": {"ignore_changes": ignored},
+    }
+
+
+def adopted_module(shape: AdoptedShape) -> dict[str, Any]:
+    """The Terraform JSON module that imports an existing VM and manages only what it took over."""
+    managed = managed_arguments(shape, ("started", "on_boot"))
     if managed:
         # An imported VM's state says true (bpg's default): a CPU or memory edit would reboot
         # it at once. The change waits for the guest's next restart, as for created machines,
         # unless the claim's restartPolicy is Immediate.
         managed["reboot_after_update"] = shape.reboot_after_update
-    return managed
-
-
-def _ignored(managed: dict[str, Any]) -> list[str] | str:
-    """ignore_changes for an adopted VM: everything but what the claim manages."""
-    if not managed:
-        return "all"
-    ignored = [a for a in VM_ARGUMENTS if a not in managed]
-    for block, fields, kept in (
-        ("cpu", VM_CPU_FIELDS, "cores"),
-        ("memory", VM_MEMORY_FIELDS, "dedicated"),
-    ):
-        if block in managed:
-            ignored += [f"{block}[0].{f}" for f in fields if f != kept]
-    return ignored
-
-
-def adopted_module(shape: AdoptedShape) -> dict[str, Any]:
-    """The Terraform JSON module that imports an existing VM and manages only what it took over."""
-    managed = _managed_vm_arguments(shape)
-    vm: dict[str, Any] = {
-        "node_name": shape.node,
-        "vm_id": shape.vmid,
-        **managed,
-        "lifecycle": {"ignore_changes": _ignored(managed)},
-    }
+    blocks = {"cpu": VM_CPU_FIELDS, "memory": VM_MEMORY_FIELDS}
+    vm = adopted_resource(shape, managed, VM_ARGUMENTS, blocks)
     doc: dict[str, Any] = {
         "terraform": {"required_providers": {"proxmox": REQUIRED_PROVIDER}},
         # A literal id: Terraform 1.5 (provider-terraform's) takes no expression here.
