@@ -231,12 +231,5 @@ def from_reservation(record: Any) -> Held | None:
     if not isinstance(node, str) or not node or vmid is None:
         return None
     listed = record.get("devices")
-    devices = listed if isinstance(listed, list) else []
-    network = record.get("network")
-    return Held(
-        node,
-        vmid,
-        tuple(sorted(str(d) for d in devices)),
-        as_cidr(record.get("address")),
-        network if isinstance(network, str) else None,
-    )
+    devices = tuple(sorted(d for d in (listed if isinstance(listed, list) else []) if text(d)))
+    return Held(node, vmid, devices, as_cidr(record.get("address")), text(record.get("network")))
