@@ -197,13 +197,8 @@ def from_status(status: dict[str, Any]) -> Held | None:
     if not isinstance(node, str) or not node or vmid is None:
         return None
     listed = status.get("devices")
-    devices = tuple(
-        sorted(
-            str(d["mapping"])
-            for d in (listed if isinstance(listed, list) else [])
-            if isinstance(d, dict) and d.get("mapping")
-        )
-    )
+    entries = listed if isinstance(listed, list) else []
+    devices = tuple(sorted(d["mapping"] for d in entries if text(obj(d).get("mapping"))))
     network = status.get("network")
     return Held(node, vmid, devices, as_cidr(status.get("address")), text(network))
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from function import record
 from function.model import DNS_LABEL, NAME
 from function.record import Held
+from tests.unit.build import inventory
 
 ALL = frozenset(f.name for f in dataclasses.fields(Held))
 SHARED = ALL - {"snippets", "adopted"}
@@ -103,6 +104,15 @@ def test_each_encoding_drops_exactly_what_the_table_says(encoding: str) -> None:
     assert read is not None
     dropped = {f for f in ALL if getattr(read, f) != getattr(full, f)}
     assert dropped == set(ALL - CARRIES[encoding])
+
+
+def test_the_status_reads_back_what_it_shows_people() -> None:
+    # With the inventory, each device also shows its class and address; the reader takes the
+    # mapping names only.
+    held = Held("b", 200, ("coral0", "gpu0"), "10.0.0.5/24", "lan")
+    shown = record.to_status(held, inventory())
+    assert shown["deviceSummary"] == "coral-tpu:coral0,gpu-nvidia:gpu0"
+    assert record.from_status(wire(shown)) == held
 
 
 def test_devices_read_back_sorted_whatever_order_they_were_written_in() -> None:
@@ -240,7 +250,10 @@ MALFORMED = [
     Case(
         "status devices without a mapping",
         lambda: record.from_status(
-            {**GOOD_STATUS, "devices": ["coral", {"mapping": ""}, {"node": "pve"}, None]}
+            {
+                **GOOD_STATUS,
+                "devices": ["coral", {"mapping": ""}, {"mapping": 5.0}, {"node": "pve"}, None],
+            }
         ),
         PVE_200,
     ),
