@@ -23,6 +23,7 @@ from function.model import (
     Inventory,
     MachineSpec,
     Network,
+    SizeClass,
 )
 
 Spec = MachineSpec | ContainerSpec
@@ -152,11 +153,7 @@ def resolve(spec: Spec, inv: Inventory, defaults: Defaults) -> Demand:
         return _container(spec, inv, defaults)
     if spec.adopt is not None:
         return _adopted(spec, spec.adopt, inv, _CREATION_FIELDS)
-    size = None
-    if spec.size_class is not None:
-        if spec.size_class not in inv.classes:
-            raise _unknown(field="spec.class", value=spec.size_class, known=list(inv.classes))
-        size = inv.classes[spec.size_class]
+    size = _size_class(spec, inv)
     image_name, image = _image(spec, inv, size.image if size else None)
     disk = spec.disk or (size.disk if size else defaults.disk)
     smallest = image.smallest_disk()
@@ -174,7 +171,6 @@ def resolve(spec: Spec, inv: Inventory, defaults: Defaults) -> Demand:
         )
         raise FabricError(msg)
     cloudinit.check_roles(spec.roles, image.os, inv.templates)
-    network_name, network, address = _network(spec, inv)
     return Demand(
         cpu=spec.cpu or (size.cpu if size else defaults.cpu),
         memory_mib=spec.memory or (size.memory if size else defaults.memory),
@@ -182,14 +178,30 @@ def resolve(spec: Spec, inv: Inventory, defaults: Defaults) -> Demand:
         image_name=image_name,
         image=image,
         devices=_devices(spec, inv),
-        network_name=network_name,
-        network=network,
-        address=address,
-        pool=spec.storage.pool,
-        spread_group=spec.placement.spread_group,
-        pin=spec.placement.node,
-        strategy=spec.placement.strategy or inv.scoring,
+        **_where(spec, inv),
     )
+
+
+def _size_class(spec: Spec, inv: Inventory) -> SizeClass | None:
+    if spec.size_class is None:
+        return None
+    if spec.size_class not in inv.classes:
+        raise _unknown(field="spec.class", value=spec.size_class, known=list(inv.classes))
+    return inv.classes[spec.size_class]
+
+
+def _where(spec: Spec, inv: Inventory) -> dict[str, Any]:
+    """The Demand fields of a new guest that say where it may go and how it is attached."""
+    network_name, network, address = _network(spec, inv)
+    return {
+        "network_name": network_name,
+        "network": network,
+        "address": address,
+        "pool": spec.storage.pool,
+        "spread_group": spec.placement.spread_group,
+        "pin": spec.placement.node,
+        "strategy": spec.placement.strategy or inv.scoring,
+    }
 
 
 def check_secret_namespaces(spec: Spec, home: str | None) -> None:
@@ -334,13 +346,8 @@ def _container(spec: ContainerSpec, inv: Inventory, defaults: Defaults) -> Deman
             "(a Machine gets devices through resource mappings)"
         )
         raise FabricError(msg)
-    size = None
-    if spec.size_class is not None:
-        if spec.size_class not in inv.classes:
-            raise _unknown(field="spec.class", value=spec.size_class, known=list(inv.classes))
-        size = inv.classes[spec.size_class]
+    size = _size_class(spec, inv)
     image_name, image = _container_image(spec, inv)
-    network_name, network, address = _network(spec, inv)
     return Demand(
         cpu=spec.cpu or (size.cpu if size else defaults.cpu),
         memory_mib=spec.memory or (size.memory if size else defaults.memory),
@@ -348,11 +355,5 @@ def _container(spec: ContainerSpec, inv: Inventory, defaults: Defaults) -> Deman
         image_name=image_name,
         image=image,
         devices=(),
-        network_name=network_name,
-        network=network,
-        address=address,
-        pool=spec.storage.pool,
-        spread_group=spec.placement.spread_group,
-        pin=spec.placement.node,
-        strategy=spec.placement.strategy or inv.scoring,
+        **_where(spec, inv),
     )
