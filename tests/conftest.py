@@ -277,6 +277,9 @@ REAL_TOOL_TESTS = (
     "test_image.py",
     "test_cloudinit_real.py",
     "test_real_cluster.py",
+    "test_adoption.py",
+    "test_containers.py",
+    "test_backups.py",
 )
 
 
