@@ -23,10 +23,10 @@ class NodeUse:
     memory_mib: int = 0
 
 
-def _names_adopted(held_by: str, adopted: frozenset[int]) -> bool:
-    """Whether a device's heldBy text ("113 frigate") names an adopted guest's VMID first."""
+def _names_adopted(held_by: str, node: str, adopted: frozenset[tuple[int, str]]) -> bool:
+    """Whether a device's heldBy text ("113 frigate") names a guest adopted on its node."""
     first = held_by.split(maxsplit=1)[0] if held_by.strip() else ""
-    return first.isdigit() and int(first) in adopted
+    return first.isdigit() and (int(first), node) in adopted
 
 
 @dataclass
@@ -56,12 +56,16 @@ class Ledger:
     _node_index: dict[str, Node] = field(default_factory=dict)
 
     @classmethod
-    def from_inventory(cls, inv: Inventory, adopted: frozenset[int] = frozenset()) -> Ledger:
+    def from_inventory(
+        cls, inv: Inventory, adopted: frozenset[tuple[int, str]] = frozenset()
+    ) -> Ledger:
         """A ledger holding what the inventory itself reserves.
 
-        `adopted`: VMIDs that Machine claims adopt. Such a guest is a member of the fleet now,
-        counted and holding its devices through its claim, so the inventory's `unmanaged`
-        entry and the `heldBy` marks naming it (by VMID, "113 frigate") no longer count.
+        `adopted`: (VMID, node) of the guests valid claims adopt. Such a guest is a member of
+        the fleet now, counted and holding its devices through its claim, so the inventory's
+        `unmanaged` entry for it and the `heldBy` marks naming it ("113 frigate") on its node
+        no longer count. An entry on another node still does: the claim is wrong about where
+        the guest is, and is refused for a VMID held by that entry.
         """
         ledger = cls(inv, nodes={n.name: NodeUse() for n in inv.nodes})
         ledger._node_index = {n.name: n for n in inv.nodes}
@@ -70,10 +74,10 @@ class Ledger:
             ledger.vmid_holder[vmid] = "reserved in the inventory"
         for node in inv.nodes:
             for device in node.devices:
-                if device.held_by and not _names_adopted(device.held_by, adopted):
+                if device.held_by and not _names_adopted(device.held_by, node.name, adopted):
                     ledger.device_holder[device.mapping] = f"unmanaged guest {device.held_by}"
         for guest in inv.unmanaged:
-            if guest.vmid in adopted:
+            if (guest.vmid, guest.node) in adopted:
                 continue
             ledger.vmid_holder[guest.vmid] = f"unmanaged {guest.kind} {guest.name}"
             use = ledger.nodes[guest.node]

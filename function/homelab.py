@@ -25,7 +25,7 @@ from function.allocate import Ledger
 from function.demand import resolve
 from function.errors import FabricError
 from function.model import FunctionInput, Inventory
-from function.placement import Demands, adopted_vmids, assign, hold  # what machines place with
+from function.placement import Demands, adopted_guests, assign, hold  # what machines place with
 from function.requirements import Answer
 from function.scheduler import quantity
 
@@ -107,10 +107,10 @@ def _ledger(
     inv: Inventory, fn_input: FunctionInput, members: list[fleet.Member], table: reservations.Table
 ) -> Ledger:
     """What is held: the inventory's own, the Reservations, every placed machine (as assign)."""
-    ledger = Ledger.from_inventory(inv, adopted_vmids(members))
+    demands = Demands(inv, fn_input.defaults)
+    ledger = Ledger.from_inventory(inv, adopted_guests(members, demands))
     for thing, holder in table.holder.items():
         ledger.hold_thing(thing.kind, thing.value, holder)
-    demands = Demands(inv, fn_input.defaults)
     for member in sorted((m for m in members if m.held is not None), key=lambda m: m.order):
         if member.held is not None:
             hold(ledger, member.key, member.held, demands.of(member))

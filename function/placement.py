@@ -197,9 +197,16 @@ def _adopt(ledger: Ledger, key: str, demand: Demand) -> Outcome:
     return Outcome(placement)
 
 
-def adopted_vmids(fleet: list[Member]) -> frozenset[int]:
-    """The VMIDs the fleet's claims adopt (see Ledger.from_inventory)."""
-    return frozenset(m.spec.adopt.vmid for m in fleet if m.spec is not None and m.spec.adopt)
+def adopted_guests(fleet: list[Member], demands: Demands) -> frozenset[tuple[int, str]]:
+    """(VMID, node) of the guests the fleet's valid claims adopt (see Ledger.from_inventory).
+
+    Only valid ones: a refused claim holds nothing, and must not free what the inventory holds.
+    """
+    return frozenset(
+        (m.spec.adopt.vmid, m.spec.adopt.node)
+        for m in fleet
+        if m.spec is not None and m.spec.adopt is not None and demands.of(m) is not None
+    )
 
 
 def assign(
@@ -220,10 +227,10 @@ def assign(
         # so its outcome needs no ledger. Building one from every other member anyway was
         # most of a steady-state call with a large fleet.
         return Outcome(Placement.of_held(me.held))
-    ledger = Ledger.from_inventory(inv, adopted_vmids(fleet))
+    demands = Demands(inv, defaults)
+    ledger = Ledger.from_inventory(inv, adopted_guests(fleet, demands))
     for thing, holder in (reserved or {}).items():
         ledger.hold_thing(thing.kind, thing.value, holder)
-    demands = Demands(inv, defaults)
     held = sorted((m for m in fleet if m.held is not None), key=lambda m: m.order)
     for member in held:
         if member.held is not None:  # always, by the filter above; said for the type checker

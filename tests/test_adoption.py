@@ -31,6 +31,7 @@ from tests.conftest import (
     messages,
     reconcile,
     require_tool,
+    status,
     warnings,
     with_status,
     xr,
@@ -296,3 +297,25 @@ def test_an_adoption_is_never_turned_into_a_clone(call: Any) -> None:
     assert adopted is not None
     assert held["spec"]["forProvider"]["module"] == adopted["spec"]["forProvider"]["module"]
     assert any("spec.adopt: removed" in m for m in messages(rsp)), messages(rsp)
+
+
+def test_a_refused_adoption_frees_nothing_the_inventory_holds(call: Any) -> None:
+    """An invalid adoption claim must not release the unmanaged entry's VMID to others."""
+    from tests.conftest import basic_spec, inventory_cm, inventory_data, with_inventory
+
+    data = inventory_data(inventory_cm())
+    data["unmanaged"].append({"vmid": 200, "name": "old-vm", "node": "pve", "cpu": 1})
+    cm = with_inventory(data)
+    refused = xr("old-vm", {**_adoption("pve", 200), "image": "debian-12"})
+    new = xr("web", basic_spec(), created="2026-12-01T11:00:00Z")
+    assert desired_ws(reconcile(call, refused, [cm, refused, new])) is None
+    rsp = reconcile(call, new, [cm, refused, new])
+    assert status(rsp)["vmId"] == 201, messages(rsp)
+
+
+def test_an_adoption_on_the_wrong_node_is_refused_by_the_unmanaged_entry(call: Any) -> None:
+    """The inventory says 116 runs on chief-horse: a claim saying pve is wrong, and told so."""
+    guest = xr("haos", _adoption("pve", 116))
+    rsp = reconcile(call, guest, _example_fleet(guest))
+    assert desired_ws(rsp) is None
+    assert any("spec.adopt.vmid: 116 is held by unmanaged qemu haos" in m for m in messages(rsp))

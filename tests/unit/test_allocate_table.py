@@ -22,6 +22,7 @@ CORAL_HELD_BY_113 = [
     },
     BASE["nodes"][2],
 ]
+NODE_OF_113 = BASE["nodes"][1]["name"]  # where the device heldBy names 113 is
 UNMANAGED_100 = [{"vmid": 100, "name": "old", "node": "a", "cpu": 2, "memory": "2Gi"}]
 
 
@@ -30,7 +31,7 @@ class Case:
     reason: str
     inv: dict[str, Any]  # inventory fields replaced
     want: dict[str, Any]  # vmid, address, devices (mapping -> holder), a_use (cpu, MiB)
-    adopted: frozenset[int] = frozenset()
+    adopted: frozenset[tuple[int, str]] = frozenset()  # (VMID, node) adopted by valid claims
     things: list[tuple[str, str, str]] = field(default_factory=list)  # held by Reservation
 
 
@@ -58,7 +59,7 @@ CASES = [
         "an adopted VMID supersedes the unmanaged entry: its claim counts it instead",
         {"unmanaged": UNMANAGED_100},
         FREE,
-        adopted=frozenset({100}),
+        adopted=frozenset({(100, "a")}),
     ),
     Case(
         "no VMID left in the range (reserved ones and Reservations)",
@@ -107,7 +108,13 @@ CASES = [
         "heldBy naming an adopted VMID first no longer counts",
         {"nodes": CORAL_HELD_BY_113},
         FREE,
-        adopted=frozenset({113}),
+        adopted=frozenset({(113, NODE_OF_113)}),
+    ),
+    Case(
+        "a claim adopting the VMID on another node does not free the unmanaged entry",
+        {"unmanaged": UNMANAGED_100},
+        {**FREE, "vmid": 101, "a_use": (2, 2048)},
+        adopted=frozenset({(100, "c")}),
     ),
 ]
 
