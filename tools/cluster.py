@@ -913,11 +913,25 @@ def apply_claims(cluster: Cluster, paths: list[Path] | None = None) -> None:
 
 
 def settled(claim: Any) -> bool:
-    """Placed with its Workspace composed, or refused: what a reconcile converges to."""
+    """Placed with its Workspace composed, or refused: what a reconcile converges to.
+
+    Crossplane copies the XR's status fields and its conditions to the claim in separate
+    steps, so the phase alone can show up before the condition that explains it.
+    """
     if not claim:
         return False
-    phase = (claim.get("status") or {}).get("phase")
-    return phase in {"Scheduled", "Provisioning", "Running", "Unschedulable", "Invalid", "Held"}
+    status = claim.get("status") or {}
+    phase = status.get("phase")
+    kinds = {c.get("type") for c in status.get("conditions") or []}
+    explained = "Valid" if phase == "Held" else "Scheduled"
+    return explained in kinds and phase in {
+        "Scheduled",
+        "Provisioning",
+        "Running",
+        "Unschedulable",
+        "Invalid",
+        "Held",
+    }
 
 
 # --- README --------------------------------------------------------------------------------
