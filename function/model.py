@@ -124,7 +124,8 @@ IPv4Addr = Annotated[ipaddress.IPv4Address, BeforeValidator(_ipv4_address)]
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL)]
 Name = Annotated[str, StringConstraints(pattern=NAME)]
 K8sName = Annotated[str, StringConstraints(pattern=K8S_NAME)]
-VmId = Annotated[int, Field(ge=100, le=999_999_999)]
+MIN_VMID, MAX_VMID = 100, 999_999_999  # what Proxmox accepts; record.py reads the same bounds
+VmId = Annotated[int, Field(ge=MIN_VMID, le=MAX_VMID)]
 
 
 class Strict(BaseModel):

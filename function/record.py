@@ -26,10 +26,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from function.model import Inventory
+from function.model import MAX_VMID, MIN_VMID, Inventory
 
 ANNOTATION_PREFIX = "fabric.homelab.io/"
-MIN_VMID, MAX_VMID = 100, 999_999_999  # what Proxmox accepts
 
 
 @dataclass(frozen=True)
