@@ -20,6 +20,7 @@ import yaml
 from crossplane.function import logging, resource
 from hypothesis import settings
 
+from function.fn import reconcile as reconcile_afresh
 from function.fn import run
 from tools import crossplane_cli, realtools, xpsim
 
@@ -100,6 +101,13 @@ def call_inproc() -> Call:
     """Call RunFunction in this process (same code path as the servicer)."""
     log = logging.get_logger()
     return lambda req: run(req, log)
+
+
+@pytest.fixture(scope="session")
+def call_fresh() -> Call:
+    """Reconcile in this process afresh, past the response memo (fn.run's cache)."""
+    log = logging.get_logger()
+    return lambda req: reconcile_afresh(req, log)
 
 
 def inventory_cm() -> dict[str, Any]:

@@ -241,16 +241,32 @@ def test_broken_inventory_without_machine_creates_nothing(call, case, objects, w
     assert not any(r.severity == fnv1.SEVERITY_FATAL for r in rsp.results)
 
 
-def test_same_request_gives_byte_identical_responses(call):
+def test_same_request_gives_byte_identical_responses(call, call_fresh):
     machine = xr("same", gpu_spec(roles=["docker-host"]))
     cluster = xpsim.Cluster([inventory_cm(), machine])
     req = xpsim.request(machine, fn_input())
     first = call(req)
     answered = xpsim.answer(req, first, cluster, v2=False)
-    one = call(answered).SerializeToString()
-    two = call(answered).SerializeToString()
-    assert one == two
+    one = call(answered).SerializeToString(deterministic=True)
+    two = call(answered).SerializeToString(deterministic=True)  # the served memo answers
+    # ...and a reconcile afresh, past the memo, gives the very same bytes.
+    fresh = call_fresh(answered).SerializeToString(deterministic=True)
+    assert one == two == fresh
     assert len(one) > 1000
+
+
+def test_the_response_memo_is_bounded_and_answers_what_a_reconcile_would(call_inproc, call_fresh):
+    from function import fn
+
+    requests = [
+        xpsim.request(xr(f"m{i}", basic_spec()), fn_input()) for i in range(fn.MAX_RESPONSES + 8)
+    ]
+    for req in requests:
+        call_inproc(req)
+    assert len(fn._RESPONSES) <= fn.MAX_RESPONSES
+    for req in requests[-3:]:
+        got = call_inproc(req).SerializeToString(deterministic=True)
+        assert got == call_fresh(req).SerializeToString(deterministic=True)
 
 
 def test_first_call_without_requirements_is_not_fatal(call):

@@ -771,13 +771,19 @@ def test_nothing_lost(call_inproc, data):
     batch=st.lists(requests(fleet_size=12), min_size=2, max_size=4),
     order=st.randoms(use_true_random=False),
 )
-def test_identical_requests_give_identical_bytes_in_any_call_order(call_inproc, batch, order):
-    first = [call_inproc(one.req).SerializeToString() for one in batch]
+def test_identical_requests_give_identical_bytes_in_any_call_order(
+    call_inproc, call_fresh, batch, order
+):
+    # Afresh (past the response memo), so the second answers are computed again, in any order.
+    first = [call_fresh(one.req).SerializeToString(deterministic=True) for one in batch]
     indices = list(range(len(batch)))
     order.shuffle(indices)
     for i in indices:
-        again = call_inproc(batch[i].req).SerializeToString()
+        again = call_fresh(batch[i].req).SerializeToString(deterministic=True)
         assert again == first[i], f"request {i} answered differently after requests {indices}"
+        # The memo, which the served function answers from, agrees.
+        memo = call_inproc(batch[i].req).SerializeToString(deterministic=True)
+        assert memo == first[i], f"the memo answered request {i} differently"
 
 
 # --- 5. no exception escapes, over gRPC; and the served function agrees with in-process --------
