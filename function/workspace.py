@@ -182,7 +182,11 @@ _AT_RESTART: dict[str, tuple[tuple[str | int, ...], str]] = {
     "CPU": ((*_VM_PATH, "cpu", 0, "cores"), "cores"),
     "memory": ((*_VM_PATH, "memory", 0, "dedicated"), "MiB"),
 }
-_DISK_SIZE = (*_VM_PATH, "disk", 0, "size")
+
+
+def _guest(module: dict[str, Any]) -> dict[str, Any]:
+    """The guest resource of a module: the VM (terraform.py) or the container (lxc.py)."""
+    return obj(dig(module, *_CT_PATH)) or obj(dig(module, *_VM_PATH))
 
 
 def restart_changes(observed: dict[str, Any] | None, desired: dict[str, Any]) -> list[str]:
@@ -202,7 +206,8 @@ def disk_shrink(observed: dict[str, Any] | None, desired: dict[str, Any]) -> tup
     """(had, asked) when the desired module would make the machine's disk smaller (GiB)."""
     if observed is None:
         return None
-    had, asked = dig(module_of(observed), *_DISK_SIZE), dig(module_of(desired), *_DISK_SIZE)
+    had = dig(_guest(module_of(observed)), "disk", 0, "size")
+    asked = dig(_guest(module_of(desired)), "disk", 0, "size")
     if isinstance(had, int) and isinstance(asked, int) and asked < had:
         return had, asked
     return None
@@ -212,8 +217,8 @@ def power_change(observed: dict[str, Any] | None, desired: dict[str, Any]) -> st
     """What a powerState edit does to the running guest, when it changes whether it runs."""
     if observed is None:
         return None
-    was = dig(module_of(observed), *_VM_PATH, "started")
-    now = dig(module_of(desired), *_VM_PATH, "started")
+    was = _guest(module_of(observed)).get("started")
+    now = _guest(module_of(desired)).get("started")
     if was is None or was == now:
         return None
     if now:
@@ -234,9 +239,8 @@ def taken_over(observed: dict[str, Any] | None, desired: dict[str, Any]) -> list
     if "import" not in now:
         return []
     was = module_of(observed) if observed is not None else {}
-    path = _CT_PATH if dig(now, *_CT_PATH) is not None else _VM_PATH
-    before = obj(dig(was, *path)) if "import" in was else {}
-    after = obj(dig(now, *path))
+    before = _guest(was) if "import" in was else {}
+    after = _guest(now)
     return [
         f"{name} = {json.dumps(value, sort_keys=True)}"
         for name, value in sorted(after.items())
