@@ -161,8 +161,7 @@ def _taken_over(
     """The first response for the claim, and the response after `edit` to its spec."""
     inventory, claims = homelab
     fleet = _fleet(claims)
-    machine, first = fleet[name], None
-    first = reconcile(call, machine, [inventory, *fleet.values()])
+    machine, first = _render(homelab, name, call)
     running = with_status(machine, first)
     edited = copy.deepcopy(running)
     for key, value in edit.items():
