@@ -10,7 +10,6 @@ key) order.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -21,9 +20,10 @@ from google.protobuf import struct_pb2
 from function import record
 from function.demand import check_secret_namespaces
 from function.errors import FabricError, canonical
+from function.memo import BoundedCache, digest
 from function.model import CROSSPLANE_SPEC_FIELDS, ContainerSpec, MachineSpec, intent
 from function.record import Held, obj
-from function.requirements import BoundedCache, to_plain
+from function.requirements import to_plain
 
 CLAIM_NAME = "crossplane.io/claim-name"
 CLAIM_NAMESPACE = "crossplane.io/claim-namespace"
@@ -209,18 +209,16 @@ class Fleet(list[dict[str, Any]]):
     pop = remove = reverse = sort = _read_only  # type: ignore[assignment]
 
 
-_FLEETS: BoundedCache[bytes, Fleet] = BoundedCache(MAX_FLEETS)
-_RECORDS: BoundedCache[bytes, Record] = BoundedCache(MAX_RECORDS)
-_SPECS: BoundedCache[bytes, tuple[MachineSpec | ContainerSpec | None]] = BoundedCache(MAX_SPECS)
-
-
-def _digest(message: Any) -> bytes:
-    return hashlib.sha256(message.SerializeToString(deterministic=True)).digest()
+_FLEETS: BoundedCache[bytes, Fleet] = BoundedCache("fleets", MAX_FLEETS)
+_RECORDS: BoundedCache[bytes, Record] = BoundedCache("records", MAX_RECORDS)
+_SPECS: BoundedCache[bytes, tuple[MachineSpec | ContainerSpec | None]] = BoundedCache(
+    "specs", MAX_SPECS
+)
 
 
 def records(answer: fnv1.Resources) -> Fleet:
     """The fleet Crossplane returned, as a Fleet of Records read once per distinct content."""
-    key = _digest(answer)
+    key = digest(answer)
     fleet = _FLEETS.get(key)
     if fleet is None:
         fleet = Fleet([_cached_record(item.resource) for item in answer.items])
@@ -233,7 +231,7 @@ def _cached_record(xr: struct_pb2.Struct) -> Record:
     # Keyed by the fields read only: a new resourceVersion or managedFields entry (every
     # write to an XMachine makes one) does not make another record.
     narrow = _narrowed(xr)
-    key = _digest(narrow)
+    key = digest(narrow)
     record = _RECORDS.get(key)
     if record is None:
         record = Record(to_plain(narrow), _intent_key(narrow.fields))
@@ -283,7 +281,7 @@ def _intent_key(fields: Any) -> bytes | None:
     for key, value in spec.struct_value.fields.items():
         if key not in CROSSPLANE_SPEC_FIELDS:
             wanted.fields[key].CopyFrom(value)
-    return _digest(wanted)
+    return digest(wanted)
 
 
 def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | ContainerSpec | None:

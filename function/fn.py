@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
@@ -15,6 +14,7 @@ from function import (
     backups,
     fleet,
     homelab,
+    memo,
     pipeline,
     requirements,
     reservations,
@@ -29,15 +29,13 @@ MAX_FLEET = 5000
 # A Composition has one input, so a handful of entries covers every Composition of a cluster.
 MAX_INPUTS = 16
 # Parsed step inputs (or why they are invalid), by their canonical protobuf bytes.
-_INPUTS: requirements.BoundedCache[bytes, FunctionInput | str] = requirements.BoundedCache(
-    MAX_INPUTS
-)
+_INPUTS: memo.BoundedCache[bytes, FunctionInput | str] = memo.BoundedCache("inputs", MAX_INPUTS)
 # Responses by a digest of their request's deterministic bytes. The response is a function of
 # the request alone (DESIGN 6.4, byte-identical), and in a steady state Crossplane sends each
 # machine the same request at every poll: answering it again costs a digest, not a reconcile.
 # Bounded: a few responses per machine in flight, least recently used first out.
 MAX_RESPONSES = 256
-_RESPONSES: requirements.BoundedCache[bytes, bytes] = requirements.BoundedCache(MAX_RESPONSES)
+_RESPONSES: memo.BoundedCache[bytes, bytes] = memo.BoundedCache("responses", MAX_RESPONSES)
 
 
 class FunctionRunner(grpcv1.FunctionRunnerServiceServicer):
@@ -57,7 +55,7 @@ class FunctionRunner(grpcv1.FunctionRunnerServiceServicer):
 def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
     """Handle one request synchronously (also used by tests and benchmarks in-process)."""
     wire = req.SerializeToString(deterministic=True)
-    key = hashlib.sha256(wire).digest()
+    key = memo.digest(wire)
     known = _RESPONSES.get(key)
     if known is not None:
         log.debug("reconciled", repeated=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import pydantic
 from function import (
     backupspec,
     fleet,
+    memo,
     record,
     render,
     reservations,
@@ -125,13 +125,13 @@ class _NotYaml(Exception):  # noqa: N818 - carries the loader's message to parse
     """The inventory text is not YAML."""
 
 
-@functools.lru_cache(maxsize=MAX_CACHED_INVENTORIES)
+@memo.memoize("inventories", MAX_CACHED_INVENTORIES)
 def _inventory_of(text: str) -> Inventory:
     """Load and validate inventory text, once per distinct text.
 
     Every call of every machine carries the same ConfigMap, and loading it was most
     of a call's time. The model is frozen and a pure function of the text; failures
-    are not cached (lru_cache never caches an exception), so they are reported as before.
+    are not cached (memoize never keeps an exception), so they are reported as before.
     """
     try:
         data = yamlio.load_strict(text)

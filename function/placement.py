@@ -9,11 +9,11 @@ Machines after this one cannot change its outcome, so the walk stops there.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from function import memo
 from function.allocate import Ledger, NodeUse
 from function.demand import Demand, resolve
 from function.errors import FabricError
@@ -99,7 +99,7 @@ class Demands:
         return self._memo[key]
 
 
-@functools.lru_cache(maxsize=8192)
+@memo.memoize("interface-ips", 8192)
 def _interface_ip(address: str) -> ipaddress.IPv4Address:
     """The IP of a held CIDR address (fleet.py checked it parses), memoized.
 

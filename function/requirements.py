@@ -10,10 +10,8 @@ same things on every call: Crossplane stops calling once two calls agree.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 from google.protobuf import struct_pb2
@@ -135,51 +133,3 @@ def plain_value(value: struct_pb2.Value) -> Any:
     if kind == "list_value":
         return [plain_value(item) for item in value.list_value.values]
     return None  # null_value, or no kind set
-
-
-# --- bounded caches -------------------------------------------------------------------------
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class BoundedCache(Generic[K, V]):
-    """A least-recently-used map that never holds more than `size` entries.
-
-    Used for values derived deterministically from request content and keyed by
-    that content (or a cryptographic digest of it): a hit returns exactly what
-    computing again would. Thread-safe, because tests call the function from
-    several threads in one process.
-    """
-
-    def __init__(self, size: int) -> None:
-        """Create an empty cache of at most `size` entries."""
-        self._size = size
-        self._entries: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        """The cached value, or None; a hit becomes the most recently used entry."""
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        """Remember a value, forgetting the least recently used entry when full."""
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def trim(self, size: int) -> None:
-        """Forget the least recently used entries until at most `size` remain."""
-        with self._lock:
-            while len(self._entries) > size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        """How many entries the cache holds."""
-        return len(self._entries)

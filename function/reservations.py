@@ -19,7 +19,6 @@ unique across the cluster: they do not reserve (README, Limits).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -28,10 +27,11 @@ from typing import Any
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 
 from function import record
+from function.memo import BoundedCache, digest
 from function.record import Held, obj
 from function.requirements import RESERVATION_API_VERSION as API_VERSION
 from function.requirements import RESERVATION_KIND as KIND
-from function.requirements import BoundedCache, to_plain
+from function.requirements import to_plain
 
 LABEL = "fabric.homelab.io/reservation"
 # Composed resource names (the function's keys in desired/observed) start with this.
@@ -137,12 +137,12 @@ class Table:
 
 # Tables read, by a digest of the answer's bytes: every machine of a steady fleet is sent the
 # same table again and again, and reading thousands of Reservations was most of a call.
-_TABLES: BoundedCache[bytes, Table] = BoundedCache(8)
+_TABLES: BoundedCache[bytes, Table] = BoundedCache("reservation-tables", 8)
 
 
 def table(answer: fnv1.Resources) -> Table:
     """The table Crossplane returned, read once per distinct content."""
-    key = hashlib.sha256(answer.SerializeToString(deterministic=True)).digest()
+    key = digest(answer)
     found = _TABLES.get(key)
     if found is None:
         found = Table.of([to_plain(item.resource) for item in answer.items])

@@ -9,7 +9,6 @@ ever reach the YAML as a quoted JSON scalar, never as YAML syntax.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shlex
@@ -22,7 +21,7 @@ import jinja2
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from function import yamlio
+from function import memo, yamlio
 from function.errors import FabricError, show_value
 
 OS_FAMILIES = ("debian", "nixos", "ubuntu")
@@ -114,7 +113,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
 _ENV = _environment()
 
 
-@functools.lru_cache(maxsize=256)
+@memo.memoize("templates", 256)
 def _compile(body: str) -> jinja2.Template:
     return _ENV.from_string(body)
 
@@ -185,7 +184,7 @@ def _names(where: str, field: str, value: Any, pattern: re.Pattern[str]) -> tupl
     return tuple(sorted(set(value)))
 
 
-@functools.lru_cache(maxsize=1)
+@memo.memoize("builtin-templates", 1)
 def builtin() -> Mapping[str, Template]:
     """The templates shipped with the function, by key ("base", "roles/x", "devices/y")."""
     root = resources.files("function.cloudinit") / "templates"
@@ -212,7 +211,7 @@ def catalog(site_templates: Mapping[str, str]) -> dict[str, Template]:
     return merged
 
 
-@functools.lru_cache(maxsize=128)
+@memo.memoize("site-templates", 128)
 def _parse_site(key: str, text: str) -> Template:
     return parse(key, text, SITE)
 
@@ -244,7 +243,7 @@ def render(template: Template, context: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-@functools.lru_cache(maxsize=512)
+@memo.memoize("rendered-yaml", 512)
 def _parse_rendered(text: str) -> Any:
     # Crossplane reconciles the same machine over and over with the same facts, so the same
     # rendered text comes back; the strict (pure Python) loader is the slow part of composing.
