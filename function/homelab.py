@@ -25,6 +25,7 @@ from function.allocate import Ledger
 from function.demand import resolve
 from function.errors import FabricError
 from function.model import FunctionInput, Inventory
+from function.outcome import FleetPhase, Reason, Refusal
 from function.placement import Demands, adopted_guests, assign, hold  # what machines place with
 from function.requirements import Answer
 from function.scheduler import quantity
@@ -68,13 +69,13 @@ def view(
     held = None if observed_backups is None else workspace.held_copy(observed_backups)
     try:
         inv = pipeline.parse_inventory(inventory, fn_input)
-    except pipeline.Hold as hold:
+    except Refusal as hold:
         return _not_yet(hold.reason, hold.message, held)
     if xrs is None:
-        return _not_yet("WaitingForFleet", "waiting for Crossplane to list the fleet", held)
+        return _not_yet(Reason.WAITING_FOR_FLEET, "waiting for Crossplane to list the fleet", held)
     if table is None:
         message = "waiting for Crossplane to list the reservations"
-        return _not_yet("WaitingForReservations", message, held)
+        return _not_yet(Reason.WAITING_FOR_RESERVATIONS, message, held)
     members = _members(xrs, table)
     found = backups.jobs(inv, members)
     status = _status(inv, fn_input, table, members)
@@ -84,11 +85,11 @@ def view(
     return View(status, ready=True, waiting=False, backups=desired)
 
 
-def _not_yet(reason: str, message: str, held: dict[str, Any] | None = None) -> View:
+def _not_yet(reason: Reason, message: str, held: dict[str, Any] | None = None) -> View:
     return View(
-        {"phase": "Pending", "message": message},
+        {"phase": FleetPhase.PENDING.value, "message": message},
         ready=False,
-        waiting=reason.startswith("Waiting"),
+        waiting=reason.waiting,
         backups=held,
     )
 
@@ -161,7 +162,7 @@ def _status(
         if d["class"] in GPU_CLASSES and not d["holder"] and d["node"] in schedulable
     )
     return {
-        "phase": "Ready",
+        "phase": FleetPhase.READY.value,
         "summary": {
             "nodes": len(inv.nodes),
             "schedulableNodes": len(schedulable),

@@ -32,6 +32,7 @@ from function import (
 from function.demand import Demand, Spec, check_secret_namespaces, resolve
 from function.errors import FabricError, canonical, describe
 from function.model import DNS_LABEL, ContainerSpec, FunctionInput, Inventory, intent
+from function.outcome import Kind, Phase, Reason, Refusal
 from function.placement import Outcome, Placement, assign
 from function.requirements import Answer, to_dicts
 
@@ -74,17 +75,6 @@ class Decision:
     inventory: Inventory | None = None
 
 
-class Hold(Exception):  # noqa: N818 - it is an outcome, not an error of the function
-    """Stop rendering: hold what exists and tell the user why."""
-
-    def __init__(self, *, phase: str, reason: str, message: str) -> None:
-        """Remember the phase, the condition reason and the user-facing message."""
-        super().__init__(message)
-        self.phase = phase
-        self.reason = reason
-        self.message = message
-
-
 # --- identity and inputs ----------------------------------------------------------------------
 
 
@@ -110,15 +100,15 @@ def _check_hostname(machine: render.Machine) -> None:
             f"metadata.name: {machine.hostname!r} cannot be a hostname; accepted: a DNS label "
             "(lowercase letters, digits and '-', at most 63 characters)"
         )
-        raise Hold(phase="Invalid", reason="InvalidName", message=msg)
+        raise Refusal(Phase.INVALID, Reason.INVALID_NAME, msg)
 
 
 def parse_spec(xr: dict[str, Any]) -> Spec:
-    """Validate the claim spec; a Hold names every bad field."""
+    """Validate the claim spec; a Refusal names every bad field."""
     try:
         return fleet.spec_model(xr).model_validate(canonical(intent(xr.get("spec") or {})))
     except pydantic.ValidationError as err:
-        raise Hold(phase="Invalid", reason="InvalidSpec", message=describe("spec", err)) from None
+        raise Refusal(Phase.INVALID, Reason.INVALID_SPEC, describe("spec", err)) from None
 
 
 class _NotYaml(Exception):  # noqa: N818 - carries the loader's message to parse_inventory
@@ -141,12 +131,12 @@ def _inventory_of(text: str) -> Inventory:
 
 
 def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
-    """Find and validate the inventory ConfigMap; a Hold says what is wrong with it."""
+    """Find and validate the inventory ConfigMap; a Refusal says what is wrong with it."""
     src = fn_input.inventory
     selector = ",".join(f"{k}={v}" for k, v in sorted(src.match_labels.items()))
     if not answer.arrived:
         msg = "waiting for Crossplane to fetch the inventory"
-        raise Hold(phase="Pending", reason="WaitingForInventory", message=msg)
+        raise Refusal(Phase.PENDING, Reason.WAITING_FOR_INVENTORY, msg)
     found = to_dicts(answer.items or [])
     if src.namespace:
         found = [cm for cm in found if (cm.get("metadata") or {}).get("namespace") == src.namespace]
@@ -154,24 +144,24 @@ def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
         names = ", ".join(sorted(str((c.get("metadata") or {}).get("name")) for c in found))
         what = f"{len(found)} ConfigMaps ({names})" if found else "no ConfigMap"
         msg = f"inventory: {what} found with labels {selector}; accepted: exactly one"
-        raise Hold(phase="Pending", reason="InventoryUnavailable", message=msg)
+        raise Refusal(Phase.PENDING, Reason.INVENTORY_UNAVAILABLE, msg)
     text = (found[0].get("data") or {}).get(src.key)
     name = (found[0].get("metadata") or {}).get("name")
     if not isinstance(text, str):
         msg = f"inventory: ConfigMap {name} has no key {src.key!r}"
-        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg)
+        raise Refusal(Phase.PENDING, Reason.INVENTORY_INVALID, msg)
     if len(text.encode()) > MAX_INVENTORY_BYTES:
         msg = f"inventory: ConfigMap {name} key {src.key} is over {MAX_INVENTORY_BYTES} bytes"
-        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg)
+        raise Refusal(Phase.PENDING, Reason.INVENTORY_INVALID, msg)
     try:
         return _inventory_of(text)
     except _NotYaml as exc:
         msg = f"inventory: ConfigMap {name} key {src.key} is not valid YAML: {exc}"
         msg = msg.replace("\n", " ")
-        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg) from None
+        raise Refusal(Phase.PENDING, Reason.INVENTORY_INVALID, msg) from None
     except pydantic.ValidationError as err:
         msg = f"inventory: ConfigMap {name} is invalid: {describe('', err)}"
-        raise Hold(phase="Pending", reason="InventoryInvalid", message=msg) from None
+        raise Refusal(Phase.PENDING, Reason.INVENTORY_INVALID, msg) from None
 
 
 # --- placement --------------------------------------------------------------------------------
@@ -191,7 +181,7 @@ def _me(
         held = record.from_workspace(observed_ws)
         if held is None:
             msg = "the observed Workspace carries no Fabric placement; it is held unchanged"
-            raise Hold(phase="Held", reason="UnexpectedWorkspace", message=msg)
+            raise Refusal(Phase.HELD, Reason.UNEXPECTED_WORKSPACE, msg)
     elif spec.adopt is not None:
         # Nothing applied yet: an adoption's placement is what the claim says the guest has,
         # worked out again each time (and checked against every other holder).
@@ -264,10 +254,10 @@ def drift(spec: Spec, demand: Demand, placement: Placement) -> list[str]:
 def _place(req: Request, spec: Spec, demand: Demand, inv: Inventory) -> Outcome:
     if req.fleet is None:
         msg = "waiting for Crossplane to list the fleet"
-        raise Hold(phase="Pending", reason="WaitingForFleet", message=msg)
+        raise Refusal(Phase.PENDING, Reason.WAITING_FOR_FLEET, msg)
     if req.reserves and req.reservations is None:
         msg = "waiting for Crossplane to list the reservations"
-        raise Hold(phase="Pending", reason="WaitingForReservations", message=msg)
+        raise Refusal(Phase.PENDING, Reason.WAITING_FOR_RESERVATIONS, msg)
     me = _me(req.xr, req.observed_ws, spec, req.reservations, req.own_reservations)
     other = fleet.same_name(req.fleet, me)
     if other is not None:
@@ -276,7 +266,7 @@ def _place(req: Request, spec: Spec, demand: Demand, inv: Inventory) -> Outcome:
             f"metadata.name: a {kind} named {other.key} exists already, and Machines and "
             "Containers share one space of names (their hostnames); accepted: another name"
         )
-        raise Hold(phase="Invalid", reason="InvalidName", message=msg)
+        raise Refusal(Phase.INVALID, Reason.INVALID_NAME, msg)
     members = fleet.build(req.fleet, me)
     taken: dict[reservations.Thing, str] = {}
     if req.reservations is not None:
@@ -303,11 +293,11 @@ def _resolve(
         check_secret_namespaces(spec, machine.namespace or machine.claim_namespace)
         demand = resolve(spec, inv, fn_input.defaults)
     except FabricError as err:
-        raise Hold(phase="Invalid", reason="InvalidSpec", message=str(err)) from None
+        raise Refusal(Phase.INVALID, Reason.INVALID_SPEC, str(err)) from None
     if demand.pin is not None and inv.node(demand.pin) is None:
         known = ", ".join(n.name for n in inv.nodes)
         msg = f"spec.placement.node: {demand.pin!r} is not a node; accepted: {known}"
-        raise Hold(phase="Invalid", reason="InvalidSpec", message=msg)
+        raise Refusal(Phase.INVALID, Reason.INVALID_SPEC, msg)
     return demand
 
 
@@ -329,13 +319,13 @@ def decide(req: Request) -> Decision:
         report.placement = outcome.placement
         subject = render.Subject(machine, spec, demand, inv, req.fn_input)
         _placed(decision, req, subject, outcome.placement)
-    except Hold as hold:
+    except Refusal as hold:
         _held(decision, req, hold)
     return decision
 
 
-def _unschedulable(outcome: Outcome) -> Hold:
-    return Hold(phase="Unschedulable", reason="Unschedulable", message=outcome.unschedulable or "")
+def _unschedulable(outcome: Outcome) -> Refusal:
+    return Refusal(Phase.UNSCHEDULABLE, Reason.UNSCHEDULABLE, outcome.unschedulable or "")
 
 
 def _check_origin(spec: Spec, placement: Placement) -> None:
@@ -349,10 +339,10 @@ def _check_origin(spec: Spec, placement: Placement) -> None:
             "spec.adopt: removed, but this machine is an adopted guest that Fabric never cloned; "
             "accepted: spec.adopt as it was (node and vmid of the guest)"
         )
-        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+        raise Refusal(Phase.HELD, Reason.INVALID_SPEC, msg)
     if not placement.adopted and spec.adopt is not None:
         msg = "spec.adopt: added, but Fabric created this machine itself; accepted: no spec.adopt"
-        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+        raise Refusal(Phase.HELD, Reason.INVALID_SPEC, msg)
     if spec.adopt is not None and (spec.adopt.node, spec.adopt.vmid) != (
         placement.node,
         placement.vmid,
@@ -362,7 +352,7 @@ def _check_origin(spec: Spec, placement: Placement) -> None:
             f"adopted VMID {placement.vmid} on {placement.node}; accepted: that guest (adopting "
             "another one is a new claim)"
         )
-        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+        raise Refusal(Phase.HELD, Reason.INVALID_SPEC, msg)
 
 
 def _placed(
@@ -379,8 +369,8 @@ def _placed(
     try:
         decision.desired_ws = render.workspace_manifest(subject, placement)
     except FabricError as err:
-        phase = "Held" if req.observed_ws is not None else "Invalid"
-        raise Hold(phase=phase, reason="InvalidSpec", message=str(err)) from None
+        phase = Phase.HELD if req.observed_ws is not None else Phase.INVALID
+        raise Refusal(phase, Reason.INVALID_SPEC, str(err)) from None
     shrink = workspace.disk_shrink(req.observed_ws, decision.desired_ws)
     if shrink is not None:
         had, asked = shrink
@@ -388,7 +378,7 @@ def _placed(
             f"spec.disk: {asked}Gi is smaller than the machine's disk of {had}Gi, and a disk "
             f"cannot shrink; accepted: {had}Gi or more"
         )
-        raise Hold(phase="Held", reason="InvalidSpec", message=msg)
+        raise Refusal(Phase.HELD, Reason.INVALID_SPEC, msg)
     for change in workspace.taken_over(req.observed_ws, decision.desired_ws):
         report.warn(
             f"Fabric takes over {change} of the adopted guest: the next apply sets it from "
@@ -407,8 +397,10 @@ def _placed(
             "is re-created"
         )
     where = f"node {placement.node}, VMID {placement.vmid}"
-    report.condition("Scheduled", "True", "Placed", f"placed on {where}")
-    report.condition("Valid", "True", "SpecValid", "the claim is valid and applied")
+    report.condition(Kind.SCHEDULED, ok=True, reason=Reason.PLACED, message=f"placed on {where}")
+    report.condition(
+        Kind.VALID, ok=True, reason=Reason.SPEC_VALID, message="the claim is valid and applied"
+    )
     if placement.adopted and placement.fresh:
         report.notice(
             f"adopting the existing guest {placement.vmid} on node {placement.node}: Terraform "
@@ -418,10 +410,13 @@ def _placed(
         others = list(placement.considered[1:4])
         alt = f" (also fitted: {', '.join(others)})" if others else ""
         report.notice(f"placed on {where}{alt}")
-    report.phase = "Scheduled"
+    report.phase = Phase.SCHEDULED
     if req.reserves and _reserving(decision, req, subject.machine.key, placement.held()):
         return
-    decision.ready = status.provisioning(report, req.observed_ws, req.xr)
+    seen = status.read_provisioning(req.observed_ws, req.xr)
+    report.provisioned(seen)
+    report.phase = seen.phase
+    decision.ready = seen.ready
     decision.ttl = STEADY if decision.ready else PROVISIONING
 
 
@@ -443,13 +438,16 @@ def _reserving(decision: Decision, req: Request, key: str, held: record.Held) ->
     decision.desired_ws = None
     what = ", ".join(f"{t.kind} {t.value}" for t in reservations.things(held))
     decision.report.condition(
-        "Provisioned", "False", "Reserving", f"reserving {what}; the Workspace follows"
+        Kind.PROVISIONED,
+        ok=False,
+        reason=Reason.RESERVING,
+        message=f"reserving {what}; the Workspace follows",
     )
     decision.ttl = WAIT
     return True
 
 
-def _held(decision: Decision, req: Request, hold: Hold) -> None:
+def _held(decision: Decision, req: Request, hold: Refusal) -> None:
     report = decision.report
     report.message = hold.message
     if req.observed_ws is not None:
@@ -462,20 +460,25 @@ def _held(decision: Decision, req: Request, hold: Hold) -> None:
         decision.desired_reservations = {
             name: workspace.held_copy(body) for name, body in req.own_reservations.items()
         }
-        report.condition("Valid", "False", hold.reason, f"held as it is: {hold.message}")
+        report.condition(
+            Kind.VALID, ok=False, reason=hold.reason, message=f"held as it is: {hold.message}"
+        )
         report.warn(f"the machine is held as it is: {hold.message}")
-        decision.ready = status.provisioning(report, req.observed_ws, req.xr)
-        report.phase = "Held"  # whatever the Workspace's state, the claim is not applied
+        seen = status.read_provisioning(req.observed_ws, req.xr)
+        report.provisioned(seen)
+        decision.ready = seen.ready
+        report.phase = Phase.HELD  # whatever the Workspace's state, the claim is not applied
         decision.ttl = PROVISIONING
         return
     # Nothing exists and nothing is held: a refused claim shows no node, VMID or address, which
     # other machines would otherwise read from its status as taken (DESIGN 6.9).
     report.placement = None
     report.phase = hold.phase
-    invalid = hold.phase == "Invalid"
-    report.condition("Scheduled", "False", "Invalid" if invalid else hold.reason, hold.message)
+    invalid = hold.phase == Phase.INVALID
+    scheduled = Reason.INVALID if invalid else hold.reason
+    report.condition(Kind.SCHEDULED, ok=False, reason=scheduled, message=hold.message)
     if invalid:
-        report.condition("Valid", "False", hold.reason, hold.message)
-    if not hold.reason.startswith("Waiting"):
+        report.condition(Kind.VALID, ok=False, reason=hold.reason, message=hold.message)
+    if not hold.reason.waiting:
         report.warn(hold.message)  # waiting for Crossplane is routine, not worth an event
     decision.ttl = WAIT

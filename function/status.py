@@ -16,15 +16,11 @@ import crossplane.function.proto.v1.run_function_pb2 as fnv1
 
 from function import record, workspace
 from function.model import Inventory
+from function.outcome import Kind, Phase, Reason
 from function.placement import Placement
 from function.record import obj
 
 TARGET = fnv1.TARGET_COMPOSITE_AND_CLAIM
-_STATUS = {
-    "True": fnv1.STATUS_CONDITION_TRUE,
-    "False": fnv1.STATUS_CONDITION_FALSE,
-    "Unknown": fnv1.STATUS_CONDITION_UNKNOWN,
-}
 # Terraform errors can be long; the claim shows the part a person reads first.
 MAX_MESSAGE = 1024
 
@@ -33,7 +29,7 @@ MAX_MESSAGE = 1024
 class Report:
     """Everything this call tells the user, collected while the pipeline runs."""
 
-    phase: str = "Pending"
+    phase: Phase = Phase.PENDING
     message: str = ""
     placement: Placement | None = None
     warnings: list[str] = field(default_factory=list)
@@ -49,10 +45,17 @@ class Report:
         """Add a normal event (shown on the claim)."""
         self.notices.append(_clip(message))
 
-    def condition(self, kind: str, state: str, reason: str, message: str = "") -> None:
+    def provisioned(self, seen: Provisioning) -> None:
+        """Say what the observed Workspace says: the Provisioned condition and its warning."""
+        self.condition(Kind.PROVISIONED, ok=seen.ready, reason=seen.reason, message=seen.message)
+        if seen.warning is not None:
+            self.warn(seen.warning)
+
+    def condition(self, kind: Kind, *, ok: bool, reason: Reason, message: str = "") -> None:
         """Set a condition on the XR and the claim (a later one of the same type wins)."""
         self.conditions = [c for c in self.conditions if c.type != kind]
-        cond = fnv1.Condition(type=kind, status=_STATUS[state], reason=reason, target=TARGET)
+        state = fnv1.STATUS_CONDITION_TRUE if ok else fnv1.STATUS_CONDITION_FALSE
+        cond = fnv1.Condition(type=kind, status=state, reason=reason, target=TARGET)
         if message:
             cond.message = _clip(message)
         self.conditions.append(cond)
@@ -75,7 +78,7 @@ def xr_status(
     report: Report, inv: Inventory | None, observed_ws: dict[str, Any] | None, ws_name: str
 ) -> dict[str, Any]:
     """The XR status (copied to the claim): the printer columns read these fields."""
-    status: dict[str, Any] = {"phase": report.phase}
+    status: dict[str, Any] = {"phase": report.phase.value}
     if report.message:
         status["message"] = report.message
     placement = report.placement
@@ -120,44 +123,62 @@ def workspace_not_applied(xr: dict[str, Any]) -> str | None:
     return None
 
 
-def provisioning(
-    report: Report, observed_ws: dict[str, Any] | None, xr: dict[str, Any] | None = None
-) -> bool:
-    """Read the observed Workspace into phase and a Provisioned condition; True when Running."""
+@dataclass(frozen=True)
+class Provisioning:
+    """What the observed Workspace says of the machine: a phase and the Provisioned condition."""
+
+    phase: Phase
+    ready: bool
+    reason: Reason
+    message: str
+    warning: str | None = None  # an event too, when Crossplane or Terraform failed
+
+
+def read_provisioning(
+    observed_ws: dict[str, Any] | None, xr: dict[str, Any] | None = None
+) -> Provisioning:
+    """Read the observed Workspace (and the XR's Synced condition) into a Provisioning."""
     if observed_ws is None:
-        failure = workspace_not_applied(xr or {})
-        if failure is None:
-            report.condition(
-                "Provisioned", "False", "Pending", "the Workspace has not been created yet"
-            )
-            return False
-        hint = ""
-        if any(sign in failure for sign in _OLD_PROVIDER_SIGNS):
-            hint = (
-                " (the Workspace CRD lacks fields Fabric sets: Fabric needs provider-terraform"
-                " v1.x from crossplane-contrib, see the README's supported stack)"
-            )
-        message = f"Crossplane could not apply the Workspace: {failure}{hint}"
-        report.condition("Provisioned", "False", "WorkspaceNotApplied", message)
-        report.warn(message)
-        return False
+        return _not_observed(xr or {})
     synced = workspace.condition(observed_ws, "Synced")
     ready = workspace.condition(observed_ws, "Ready")
     if synced is not None and synced.get("status") == "False":
         error = str(synced.get("message") or synced.get("reason") or "unknown error")
-        report.phase = "Provisioning"
-        report.condition("Provisioned", "False", "ApplyFailed", f"Terraform failed: {error}")
-        report.warn(f"Terraform failed for this machine: {error}")
-        return False
+        return Provisioning(
+            Phase.PROVISIONING,
+            ready=False,
+            reason=Reason.APPLY_FAILED,
+            message=f"Terraform failed: {error}",
+            warning=f"Terraform failed for this machine: {error}",
+        )
     if ready is not None and ready.get("status") == "True":
-        report.phase = "Running"
-        report.condition("Provisioned", "True", "Available", "the VM exists and matches the claim")
-        return True
-    report.phase = "Provisioning"
+        message = "the VM exists and matches the claim"
+        return Provisioning(Phase.RUNNING, ready=True, reason=Reason.AVAILABLE, message=message)
     detail = ""
     if ready is not None:
         since = ready.get("lastTransitionTime")
         reason = ready.get("message") or ready.get("reason") or ""
         detail = f" (not ready since {since}: {reason})" if since else f" ({reason})"
-    report.condition("Provisioned", "False", "Applying", "Terraform is applying" + detail)
-    return False
+    message = "Terraform is applying" + detail
+    return Provisioning(Phase.PROVISIONING, ready=False, reason=Reason.APPLYING, message=message)
+
+
+def _not_observed(xr: dict[str, Any]) -> Provisioning:
+    failure = workspace_not_applied(xr)
+    if failure is None:
+        message = "the Workspace has not been created yet"
+        return Provisioning(Phase.SCHEDULED, ready=False, reason=Reason.PENDING, message=message)
+    hint = ""
+    if any(sign in failure for sign in _OLD_PROVIDER_SIGNS):
+        hint = (
+            " (the Workspace CRD lacks fields Fabric sets: Fabric needs provider-terraform"
+            " v1.x from crossplane-contrib, see the README's supported stack)"
+        )
+    message = f"Crossplane could not apply the Workspace: {failure}{hint}"
+    return Provisioning(
+        Phase.SCHEDULED,
+        ready=False,
+        reason=Reason.WORKSPACE_NOT_APPLIED,
+        message=message,
+        warning=message,
+    )
