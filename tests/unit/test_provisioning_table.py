@@ -31,6 +31,16 @@ def applying(message: str) -> Provisioning:
     return Provisioning(Phase.PROVISIONING, ready=False, reason=Reason.APPLYING, message=message)
 
 
+def apply_failed(error: str) -> Provisioning:
+    return Provisioning(
+        Phase.PROVISIONING,
+        ready=False,
+        reason=Reason.APPLY_FAILED,
+        message=f"Terraform failed: {error}",
+        warning=f"Terraform failed for this machine: {error}",
+    )
+
+
 NOT_YET = Provisioning(
     Phase.SCHEDULED,
     ready=False,
@@ -135,24 +145,12 @@ CASES = [
             {"type": "Synced", "status": "False", "message": "plan: 401 Unauthorized"},
             {"type": "Ready", "status": "True"},
         ),
-        Provisioning(
-            Phase.PROVISIONING,
-            ready=False,
-            reason=Reason.APPLY_FAILED,
-            message="Terraform failed: plan: 401 Unauthorized",
-            warning="Terraform failed for this machine: plan: 401 Unauthorized",
-        ),
+        apply_failed("plan: 401 Unauthorized"),
     ),
     Case(
         "a failed apply without a message: its reason",
         workspace({"type": "Synced", "status": "False", "reason": "ReconcileError"}),
-        Provisioning(
-            Phase.PROVISIONING,
-            ready=False,
-            reason=Reason.APPLY_FAILED,
-            message="Terraform failed: ReconcileError",
-            warning="Terraform failed for this machine: ReconcileError",
-        ),
+        apply_failed("ReconcileError"),
     ),
 ]
 
