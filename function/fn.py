@@ -201,7 +201,7 @@ def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any, 
         own_reservations=_observed_reservations(req),
     )
     decision = pipeline.decide(request)
-    _respond(rsp, request, decision)
+    _respond(rsp, decision)
     log.debug(
         "reconciled",
         machine=pipeline.machine_of(request.xr).key,
@@ -226,22 +226,16 @@ def _refuse(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, message
     )
 
 
-def _respond(
-    rsp: fnv1.RunFunctionResponse, request: pipeline.Request, decision: pipeline.Decision
-) -> None:
+def _respond(rsp: fnv1.RunFunctionResponse, decision: pipeline.Decision) -> None:
     report = decision.report
-    ws_name = ""
     if decision.desired_ws is not None:
         desired = rsp.desired.resources[workspace.RESOURCE_NAME]
         resource.update(desired, decision.desired_ws)
         desired.ready = fnv1.READY_TRUE if decision.ready else fnv1.READY_FALSE
-        notes = (decision.desired_ws.get("metadata") or {}).get("annotations") or {}
-        ws_name = notes.get(workspace.EXTERNAL_NAME, "")
     for name, body in decision.desired_reservations.items():
         resource.update(rsp.desired.resources[name], body)
         rsp.desired.resources[name].ready = fnv1.READY_TRUE
-    xr_status = status.xr_status(report, decision.inventory, request.observed_ws, ws_name)
-    resource.update(rsp.desired.composite, {"status": xr_status})
+    resource.update(rsp.desired.composite, {"status": decision.xr_status})
     rsp.desired.composite.ready = fnv1.READY_TRUE if decision.ready else fnv1.READY_FALSE
     rsp.conditions.extend(report.conditions)
     for message in report.warnings:

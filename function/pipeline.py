@@ -72,7 +72,7 @@ class Decision:
     desired_reservations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     ready: bool = False
     ttl: dt.timedelta = WAIT
-    inventory: Inventory | None = None
+    xr_status: dict[str, Any] = dataclasses.field(default_factory=dict)  # set by decide, last
 
 
 # --- identity and inputs ----------------------------------------------------------------------
@@ -306,11 +306,11 @@ def decide(req: Request) -> Decision:
     report = status.Report()
     decision = Decision(report)
     machine = machine_of(req.xr)
+    inv: Inventory | None = None
     try:
         _check_hostname(machine)
         spec = parse_spec(req.xr)
         inv = parse_inventory(req.inventory, req.fn_input)
-        decision.inventory = inv
         report.backup = backupspec.machine_status(spec, inv)
         demand = _resolve(spec, inv, req.fn_input, machine)
         outcome = _place(req, spec, demand, inv)
@@ -321,6 +321,7 @@ def decide(req: Request) -> Decision:
         _placed(decision, req, subject, outcome.placement)
     except Refusal as hold:
         _held(decision, req, hold)
+    decision.xr_status = status.xr_status(report, inv, req.observed_ws, decision.desired_ws)
     return decision
 
 

@@ -75,9 +75,13 @@ def _ip(placement: Placement | None, outputs: dict[str, Any]) -> str:
 
 
 def xr_status(
-    report: Report, inv: Inventory | None, observed_ws: dict[str, Any] | None, ws_name: str
+    report: Report,
+    inv: Inventory | None,
+    observed_ws: dict[str, Any] | None,
+    desired_ws: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The XR status (copied to the claim): the printer columns read these fields."""
+    ws_name = workspace.name_of(desired_ws)
     status: dict[str, Any] = {"phase": report.phase.value}
     if report.message:
         status["message"] = report.message

@@ -110,6 +110,13 @@ def held_copy(observed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def name_of(manifest: dict[str, Any] | None) -> str:
+    """The Workspace's external name (what provider-terraform names its state by), or ""."""
+    if not manifest:
+        return ""
+    return str(obj(obj(manifest.get("metadata")).get("annotations")).get(EXTERNAL_NAME) or "")
+
+
 def outputs(observed: dict[str, Any] | None) -> dict[str, Any]:
     """The Workspace's Terraform outputs, as provider-terraform reports them."""
     if not observed:
