@@ -35,8 +35,9 @@ MAX_FLEETS = 4  # one answer is current at a time; a few more cover changes in f
 # Records take about 7 KB each. Every status write makes a new version of an XMachine, so
 # after reading a new answer the cache keeps at most twice that fleet (its current records and
 # as many older versions), and never fewer than MIN_RECORDS nor more than MAX_RECORDS.
+MAX_FLEET = 5000  # machines and containers a request may list (wire.py refuses more)
 MIN_RECORDS = 1024
-MAX_RECORDS = 10_000  # twice fn.MAX_FLEET
+MAX_RECORDS = 2 * MAX_FLEET
 MAX_SPECS = 4096  # distinct intents; machines of one kind share one
 
 

@@ -17,9 +17,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import crossplane.function.proto.v1.run_function_pb2 as fnv1
-from crossplane.function import resource
-
 from function import backups, fleet, pipeline, reservations, workspace
 from function.allocate import Ledger
 from function.demand import resolve
@@ -248,22 +245,3 @@ def _networks(inv: Inventory, ledger: Ledger) -> list[dict[str, Any]]:
             entry["free"] = end - start + 1 - len(taken)
         out.append(entry)
     return out
-
-
-def respond(rsp: fnv1.RunFunctionResponse, found: View) -> None:
-    """Write the view as the Homelab's status; it composes only the backups Workspace."""
-    rsp.desired.ClearField("resources")
-    if found.backups is not None:
-        desired = rsp.desired.resources[backups.RESOURCE_NAME]
-        resource.update(desired, found.backups)
-        desired.ready = fnv1.READY_TRUE
-    resource.update(rsp.desired.composite, {"status": found.status})
-    rsp.desired.composite.ready = fnv1.READY_TRUE if found.ready else fnv1.READY_FALSE
-    if not found.ready and not found.waiting:
-        message = str(found.status.get("message", ""))
-        rsp.results.append(
-            fnv1.Result(
-                severity=fnv1.SEVERITY_WARNING, message=message, target=fnv1.TARGET_COMPOSITE
-            )
-        )
-    rsp.meta.ttl.FromTimedelta(pipeline.STEADY if found.ready else pipeline.WAIT)

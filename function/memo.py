@@ -13,7 +13,7 @@ The caches, by owner (`caches()` lists them at run time):
 | cache                   | owner                 | keeps                                      |
 |-------------------------|-----------------------|--------------------------------------------|
 | responses               | fn                    | whole answers, by the request's digest     |
-| inputs                  | fn                    | the parsed step input                      |
+| inputs                  | wire                  | the parsed step input                      |
 | inventories             | pipeline              | the parsed, validated inventory            |
 | fleets, records, specs  | fleet                 | the fleet as records, each XR, each intent |
 | reservation-tables      | reservations          | the Reservations table                     |
