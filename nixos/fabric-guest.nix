@@ -18,7 +18,7 @@ let
     mkOption
     types
     ;
-  # Written by cloud-init from the claim's spec.nix.flakeRef (function/nixos.py).
+  # Written by cloud-init from the claim's spec.nix.flakeRef (function/cloudinit/nixos.py).
   flakeRefFile = "/etc/fabric/flake-ref";
   # Read only when adminUser is set: the admin's keys as the whole configuration declares them.
   adminAuthorizedKeys = config.users.users.${cfg.adminUser}.openssh.authorizedKeys;

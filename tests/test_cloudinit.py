@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from function import nixos, secrets
+from function import secrets
 from function.cloudinit import (
     MAX_USER_DATA_BYTES,
     DeviceFact,
@@ -26,6 +26,7 @@ from function.cloudinit import (
     compose,
     composer,
     library,
+    nixos,
 )
 from function.errors import FabricError
 

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from function import nixos, secrets
-from function.cloudinit import DeviceFact, GuestFacts, NetworkFact, compose
+from function import secrets
+from function.cloudinit import DeviceFact, GuestFacts, NetworkFact, compose, nixos
 
 try:
     from cloudinit.config.schema import get_schema, validate_cloudconfig_schema

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from function import nixos
-from function.cloudinit import DeviceFact, GuestFacts, NetworkFact, compose
+from function.cloudinit import DeviceFact, GuestFacts, NetworkFact, compose, nixos
 
 try:
     from cloudinit.config.schema import get_schema, validate_cloudconfig_schema
@@ -161,8 +160,8 @@ def test_deterministic():
 
 
 def test_nixos_module_imports_first():
-    # function.nixos and function.cloudinit import each other; either may be imported first.
-    for module in ("function.nixos", "function.cloudinit", "function.cloudinit.composer"):
+    # The NixOS renderer lives inside function.cloudinit; each may be imported first.
+    for module in ("function.cloudinit.nixos", "function.cloudinit", "function.cloudinit.composer"):
         subprocess.run([sys.executable, "-c", f"import {module}"], check=True, cwd=ROOT)
 
 

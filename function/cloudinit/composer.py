@@ -17,8 +17,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from function import nixos, secrets, yamlio
-from function.cloudinit import library
+from function import secrets, yamlio
+from function.cloudinit import library, nixos
 from function.cloudinit.facts import GuestFacts
 from function.cloudinit.library import Template
 from function.errors import FabricError, show_value
