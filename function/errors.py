@@ -1,7 +1,7 @@
 """Turning validation failures into messages a person can act on.
 
 Every rejected input names the field path, the offending value and what would
-be accepted (DESIGN §6.5). Pydantic's errors carry the path and the value; the
+be accepted (invariant 5, docs/invariants.md). Pydantic's errors carry the path and the value; the
 custom validators in the models put the accepted forms into their messages.
 """
 

@@ -18,8 +18,9 @@ from crossplane.function import logging, response
 from function import homelab, memo, pipeline, requirements, wire
 
 # Responses by a digest of their request's deterministic bytes. The response is a function of
-# the request alone (DESIGN 6.4, byte-identical), and in a steady state Crossplane sends each
-# machine the same request at every poll: answering it again costs a digest, not a reconcile.
+# the request alone (invariant 4 of docs/invariants.md: byte-identical), and in a steady state
+# Crossplane sends each machine the same request at every poll: answering it again costs a
+# digest, not a reconcile.
 # Bounded: a few responses per machine in flight, least recently used first out.
 MAX_RESPONSES = 256
 _RESPONSES: memo.BoundedCache[bytes, bytes] = memo.BoundedCache("responses", MAX_RESPONSES)

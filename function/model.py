@@ -259,7 +259,7 @@ class AdoptRequest(Strict):
 
 
 class MachineSpec(Strict):
-    """The intent of a Machine claim (DESIGN §2)."""
+    """The intent of a Machine claim (the API the README's "Writing a claim" shows)."""
 
     size_class: Name | None = Field(default=None, alias="class")
     cpu: Whole | None = Field(default=None, ge=1, le=512)
@@ -569,7 +569,7 @@ class Overcommit(Strict):
 
 
 class Inventory(Strict):
-    """The single source of truth for hardware and catalogs (DESIGN §2)."""
+    """The single source of truth for hardware and catalogs (the README's "The inventory")."""
 
     nodes: list[Node] = Field(min_length=1, max_length=1000)
     device_classes: dict[Name, DeviceClass] = Field(default_factory=dict, alias="deviceClasses")

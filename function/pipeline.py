@@ -4,7 +4,7 @@ The decision is the desired Workspace (new, or the observed one held as it is),
 a report for the claim, readiness and how soon to be called again. Every path
 that cannot render a Workspace while one exists holds the existing one: a running
 VM is never deleted or replaced because of a bad claim, a broken inventory or a
-bug (DESIGN §6.1).
+bug (invariant 1, docs/invariants.md).
 """
 
 from __future__ import annotations
@@ -472,7 +472,7 @@ def _held(decision: Decision, req: Request, hold: Refusal) -> None:
         decision.ttl = PROVISIONING
         return
     # Nothing exists and nothing is held: a refused claim shows no node, VMID or address, which
-    # other machines would otherwise read from its status as taken (DESIGN 6.9).
+    # other machines would otherwise read from its status as taken (invariant 9).
     report.placement = None
     report.phase = hold.phase
     invalid = hold.phase == Phase.INVALID

@@ -1,4 +1,4 @@
-"""A refused claim holds nothing (DESIGN 6.9), in its own status or in any other machine's view.
+"""A refused claim holds nothing, in its own status or in any other machine's view (invariant 9).
 
 Admission (demand.resolve, demand.check_secret_namespaces) refuses a claim before placement:
 an unknown role, a role the image's os family cannot take, a flake on a non-NixOS image, a

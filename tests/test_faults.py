@@ -1,9 +1,10 @@
 """Faults, over real gRPC: a broken inventory, a missing answer, odd Workspaces, Terraform failing.
 
 Each test runs the function in its own process and talks to it the way Crossplane does. The
-rule under every fault (DESIGN §6.1): a machine that has a Workspace keeps it exactly, or at the
-same node and VMID, and the claim says why; a machine without one gets nothing and is told why;
-nothing is FATAL unless the request as a whole is refused, and no call fails at the gRPC level.
+rule under every fault (invariant 1 of docs/invariants.md): a machine that has a Workspace
+keeps it exactly, or at the same node and VMID, and the claim says why; a machine without one
+gets nothing and is told why; nothing is FATAL unless the request as a whole is refused, and
+no call fails at the gRPC level.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ def reshaped(observed: dict[str, Any], change: str) -> dict[str, Any]:
 
 
 # held: the observed spec comes back unchanged; same place: rendered again for the node and
-# VMID the Workspace records. These are the only two safe answers (DESIGN §6.1). The last two
+# VMID the Workspace records. These are the only two safe answers (invariant 1). The last two
 # columns: what the claim is told without and with the placement in the XR status.
 NO_PLACEMENT = "the observed Workspace carries no Fabric placement; it is held unchanged"
 ODD_WORKSPACES = [

@@ -1053,3 +1053,33 @@ def test_container_xrds_are_twins_with_the_machines_status() -> None:
     assert status_schema(XRD_CT_V1) == status_schema(XRD_V1)
     columns = xrd_version(XRD_CT_V1)["additionalPrinterColumns"]
     assert columns == xrd_version(XRD_V1)["additionalPrinterColumns"]
+
+
+# A path the repository's text names as one of its own files (docs/x.md, function/y.py, ...).
+REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:docs|tests|function|tools|bench|fabric_discover|examples|xrds|compositions"
+    r"|cluster|nixos|package)/[\w./-]*\w\.(?:md|py|yaml|sh|nix|env|json))"
+)
+
+
+def test_every_document_the_repository_names_is_in_it() -> None:
+    """Comments, docstrings and docs cite files of the repository only, and each one exists."""
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    this = "tests/test_packaging.py"  # its own examples and message are not citations
+    texts = [
+        n
+        for n in listed
+        if re.search(r"\.(py|md|yaml|sh|nix|j2|toml)$|^Makefile$", n) and n != this
+    ]
+    missing = {
+        (name, ref)
+        for name in texts
+        for ref in REPO_PATH.findall((ROOT / name).read_text(encoding="utf-8"))
+        if not (ROOT / ref).exists()
+    }
+    assert texts
+    assert missing == set()
+    design = [n for n in texts if "DESIGN" in (ROOT / n).read_text(encoding="utf-8")]
+    assert design == [], "DESIGN.md is not in the repository: cite docs/invariants.md"

@@ -1,4 +1,4 @@
-"""The invariants of DESIGN §6 as properties, over generated claims, inventories, fleets and states.
+"""docs/invariants.md as properties, over generated claims, inventories, fleets and states.
 
 Hypothesis generates what Crossplane could hand the function, valid and hostile: claim specs
 (from well-formed to nested junk of the wrong types, huge and unicode), inventories (variations
@@ -7,7 +7,7 @@ XMachines (held, pending, invalid), observed Workspaces of odd shapes, both Cros
 protocols and call orders. The bulk runs in-process (`call_inproc`, the servicer's own code
 path); a smaller share goes over real gRPC to the function in its own process.
 
-Properties (DESIGN §6 numbering):
+Properties (numbered as in docs/invariants.md):
 1. nothing lost: an observed Workspace is in every non-FATAL response, held as it is or
    rendered again for the same node and VMID;
 3. no double allocation: a fleet reconciled one by one, in any order, in concurrent batches
