@@ -17,6 +17,20 @@ none of it; from `function` it uses only the model, its error wording and the st
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 
 class DiscoveryError(Exception):
     """A problem the user can fix; the message names the API path or the overrides field."""
+
+
+def read_text(name: str | Path, what: str, error: type[DiscoveryError] = DiscoveryError) -> str:
+    """A file's text (`-`: standard input), or `error` saying which file could not be read."""
+    try:
+        if str(name) == "-":
+            return sys.stdin.read()
+        return Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{what}: cannot read: {exc}"
+        raise error(msg) from None

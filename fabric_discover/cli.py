@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from fabric_discover import DiscoveryError
+from fabric_discover import DiscoveryError, read_text
 from fabric_discover.claims import (
     DEFAULT_NAMESPACE,
     Claim,
@@ -276,12 +276,7 @@ _FLAGS = {"--user": "user", "--token-name": "name", "--token-value": "value"}
 def _read_overrides(path: Path | None) -> LoadedOverrides:
     if path is None:
         return EMPTY_OVERRIDES
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"overrides {path}: cannot read: {exc}"
-        raise DiscoveryError(msg) from None
-    return load_overrides(text, str(path))
+    return load_overrides(read_text(path, f"overrides {path}"), str(path))
 
 
 def configmap(inventory: dict[str, Any], name: str, namespace: str) -> dict[str, Any]:

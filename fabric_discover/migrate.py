@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import click
 import yaml
 
-from fabric_discover import DiscoveryError
+from fabric_discover import DiscoveryError, read_text
 from fabric_discover.claims import DEFAULT_NAMESPACE, HEADER, Claim, load_inventory, stream
 from fabric_discover.cli import TOKEN_ENV, resolve_token
 from fabric_discover.proxmox import Api, ApiError, Endpoint, parse_property_string
@@ -579,11 +578,7 @@ def _read_claims(files: tuple[str, ...]) -> list[OldClaim]:
     found: list[OldClaim] = []
     for name in files:
         source = "stdin" if name == "-" else name
-        try:
-            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            msg = f"{source}: cannot read: {exc}"
-            raise MigrationError(msg) from None
+        text = read_text(name, source, MigrationError)
         found.extend(
             old_claim(doc, where, DEFAULT_NAMESPACE) for where, doc in documents(text, source)
         )
@@ -596,11 +591,7 @@ def _read_claims(files: tuple[str, ...]) -> list[OldClaim]:
 def _read_workspaces(path: Path | None) -> list[dict[str, Any]] | None:
     if path is None:
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"--workspaces {path}: cannot read: {exc}"
-        raise MigrationError(msg) from None
+    text = read_text(path, f"--workspaces {path}", MigrationError)
     return [
         doc
         for _, doc in documents(text, str(path))

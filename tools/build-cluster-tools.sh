@@ -24,27 +24,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=tools/versions.env
-. "$here/versions.env"
-
-TOOLS=${FABRIC_TOOLS:-$HOME/.cache/fabric-tools}
-BIN=$TOOLS/bin
-mkdir -p "$BIN"
-export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
-
-log() { printf '[cluster-tools] %s\n' "$*" >&2; }
-
-cached() { # NAME VERSION: true when $BIN/NAME was built from VERSION
-  [ -x "$BIN/$1" ] && [ "$(cat "$BIN/.$1.version" 2>/dev/null)" = "$2" ]
-}
-stamp() { printf '%s' "$2" > "$BIN/.$1.version"; }
-
-module_json() { # MODULE@VERSION FIELD: download the module, print one field of its metadata
-  go mod download -json "$1" | python3 -c '
-import json, sys
-info = json.load(sys.stdin)
-sys.exit(info["Error"]) if "Error" in info else print(info[sys.argv[1]])' "$2"
-}
+LOG_TAG=cluster-tools
+# shellcheck source=tools/lib.sh
+. "$here/lib.sh"
 
 wrapper() { # NAME: a fresh wrapper module in a temp dir; prints its path
   local d

@@ -14,25 +14,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-# The one place the versions are pinned; tools/realtools.py reads the same file.
-# shellcheck source=tools/versions.env
-. "$here/versions.env"
-
-TOOLS=${FABRIC_TOOLS:-$HOME/.cache/fabric-tools}
-BIN=$TOOLS/bin
-mkdir -p "$BIN"
-export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
-
-log() { printf '[tools] %s\n' "$*" >&2; }
-
-# module_dir MODULE@VERSION: download the module (checked against go.sum's database) and print
-# where its source is; fail with the proxy's answer when it is refused.
-module_dir() {
-  go mod download -json "$1" | python3 -c '
-import json, sys
-info = json.load(sys.stdin)
-sys.exit(info["Error"]) if "Error" in info else print(info["Dir"])'
-}
+LOG_TAG=tools
+# shellcheck source=tools/lib.sh
+. "$here/lib.sh"
 
 # go_install NAME MODULE SUBPACKAGE VERSION LDFLAGS: build MODULE/SUBPACKAGE@VERSION into $BIN/NAME.
 #
@@ -40,16 +24,16 @@ sys.exit(info["Error"]) if "Error" in info else print(info["Dir"])'
 # from the module's downloaded source directory: `go install` also asks the proxy for the module's
 # version list (to look for deprecations), and the proxy here refuses that list for some modules.
 go_install() {
-  local name=$1 module=$2 sub=$3 version=$4 ldflags=$5 stamp="$BIN/.$1.version" dir
-  if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+  local name=$1 module=$2 sub=$3 version=$4 ldflags=$5 dir
+  if cached "$name" "$version"; then
     log "$name $version: cached"
     return
   fi
   log "$name $version: building $module/$sub@$version"
   local start=$SECONDS
-  dir=$(module_dir "$module@$version")
+  dir=$(module_json "$module@$version" Dir)
   (cd "$dir" && go build -trimpath -ldflags="-s -w $ldflags" -o "$BIN/$name" "./$sub")
-  printf '%s' "$version" > "$stamp"
+  stamp "$name" "$version"
   log "$name $version: built in $((SECONDS - start)) s"
 }
 
@@ -73,7 +57,7 @@ cp -f "$BIN/terraform-provider-proxmox" "$plugin/terraform-provider-proxmox_v$BP
 # module source), so Compositions and XRDs validate against the real schemas, offline.
 cache=$TOOLS/validate-cache/offline/crossplane@$CROSSPLANE_V2
 mkdir -p "$cache"
-cp -f "$(module_dir "github.com/crossplane/crossplane/v2@$CROSSPLANE_V2")"/cluster/crds/*.yaml "$cache/"
+cp -f "$(module_json "github.com/crossplane/crossplane/v2@$CROSSPLANE_V2" Dir)"/cluster/crds/*.yaml "$cache/"
 chmod -R u+w "$cache"
 log "all tools in $TOOLS"
 # The one-machine cluster (etcd, kube-apiserver, Crossplane core, ...): tools/build-cluster-tools.sh.
