@@ -45,6 +45,7 @@ from function.model import (
     GIB,
     MIB,
     NAME,
+    TEMPLATE_KEY,
     BootDisk,
     DeviceClass,
     DnsLabel,
@@ -150,9 +151,7 @@ class ImageOverride(Strict):
         return self
 
 
-TemplateKey = Annotated[
-    str, StringConstraints(pattern=r"^(roles|devices)/[a-z0-9][a-z0-9-]{0,62}$")
-]
+TemplateKey = Annotated[str, StringConstraints(pattern=TEMPLATE_KEY)]
 
 
 class Overrides(Strict):

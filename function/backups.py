@@ -129,7 +129,7 @@ def manifest(
     name = workspace.external_name(str(meta.get("uid") or ""), f"homelab/{meta.get('name')}", None)
     env = [
         {
-            "name": f"TF_VAR_{password_variable(storage)}",
+            "name": terraform.variable_env(password_variable(storage)),
             "secretKeyRef": {
                 "namespace": spec.password_secret_ref.namespace,
                 "name": spec.password_secret_ref.name,

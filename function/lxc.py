@@ -26,7 +26,9 @@ from function.terraform import (
 )
 
 CONTAINER = "proxmox_virtual_environment_container"
-ADDRESS = f"{CONTAINER}.container"
+CONTAINER_NAME = "container"
+ADDRESS = f"{CONTAINER}.{CONTAINER_NAME}"
+PATH = ("resource", CONTAINER, CONTAINER_NAME)  # the resource's path in the module
 # Edits that would force a new container (each shown by tests/test_containers.py with the real
 # provider), and facts of its creation: a template archive renamed in the inventory, a node move
 # by HA, a datastore default edited, the keys root got, its unprivileged flag, its mount points
@@ -141,7 +143,7 @@ def _document(resource: dict[str, Any], address: str | None, extra: dict[str, An
     doc: dict[str, Any] = {
         "terraform": {"required_providers": {"proxmox": REQUIRED_PROVIDER}},
         **extra,
-        "resource": {CONTAINER: {"container": resource}},
+        "resource": {CONTAINER: {CONTAINER_NAME: resource}},
         "output": {
             "vm_id": {"value": Expr.of(f"{ADDRESS}.vm_id")},
             "node": {"value": Expr.of(f"{ADDRESS}.node_name")},

@@ -41,6 +41,8 @@ UNIX_USER = r"^[a-z_][a-z0-9_-]{0,31}$"
 TF_IDENT = r"^[a-z][a-z0-9_]{0,62}$"
 K8S_NAME = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
 SECRET_KEY_NAME = r"^[-._a-zA-Z0-9]{1,253}$"  # noqa: S105 - a pattern, not a password
+# A site template's key in the inventory: roles/<name> or devices/<class> (cloudinit/library.py).
+TEMPLATE_KEY = r"^(roles|devices)/[a-z0-9][a-z0-9-]{0,62}$"
 # An OpenSSH public key line: type, base64 body, optional printable comment (no newlines).
 SSH_KEY = (
     r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
@@ -588,7 +590,7 @@ class Inventory(Strict):
     # Site templates added without rebuilding the function: "roles/<name>" or "devices/<class>"
     # mapped to template text in the same format as the built-in library (cloudinit/templates).
     templates: dict[
-        Annotated[str, StringConstraints(pattern=r"^(roles|devices)/[a-z0-9][a-z0-9-]{0,62}$")],
+        Annotated[str, StringConstraints(pattern=TEMPLATE_KEY)],
         Annotated[str, StringConstraints(max_length=65536)],
     ] = Field(default_factory=dict, max_length=64)
 

@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from function import terraform
 from function.model import MAX_VMID, MIN_VMID, Inventory
 
 ANNOTATION_PREFIX = "fabric.homelab.io/"
@@ -111,7 +112,7 @@ def text(value: Any) -> str | None:
 # --- the Workspace's annotations ------------------------------------------------------------
 
 # Where, in a module, the user-data snippet's datastore is.
-USER_DATA_DATASTORE = ("resource", "proxmox_virtual_environment_file", "user_data", "datastore_id")
+USER_DATA_DATASTORE = (*terraform.USER_DATA_PATH, "datastore_id")
 
 
 def to_annotations(held: Held) -> dict[str, str]:

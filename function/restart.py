@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from function import workspace
+from function import terraform, workspace
 from function.record import dig, module_of
 
-_VM = ("resource", "proxmox_virtual_environment_vm", "machine")
+_VM = terraform.VM_PATH
 # bpg restarts a running guest for these too when reboot_after_update is true (cloud-init
 # settings the inventory's networks give: DNS servers, gateway).
 _INITIALIZATION = (*_VM, "initialization")

@@ -26,6 +26,12 @@ PROVIDER_VERSION = "0.111.1"
 REQUIRED_PROVIDER = {"source": PROVIDER_SOURCE, "version": PROVIDER_VERSION}
 FILE = "proxmox_virtual_environment_file"
 VM = "proxmox_virtual_environment_vm"
+# The names of the module's resources, and their paths in the module (what workspace.py reads).
+VM_NAME = "machine"
+VM_ADDRESS = f"{VM}.{VM_NAME}"
+USER_DATA = "user_data"
+VM_PATH = ("resource", VM, VM_NAME)
+USER_DATA_PATH = ("resource", FILE, USER_DATA)
 # network_device is an attribute of type list(object), not a block (bpg's SDKv2 resource marks it
 # ConfigModeAttr): HCL accepts block syntax for it, but in JSON it is a plain value and Terraform
 # requires every field of the object. null leaves a field to the provider's default.
@@ -100,6 +106,11 @@ def escape(text: str) -> str:
 def secret_variable(name: str) -> str:
     """The Terraform variable that carries a bootstrap secret."""
     return f"secret_{name}"
+
+
+def variable_env(variable: str) -> str:
+    """The environment variable Terraform reads a variable's value from (TF_VAR_<name>)."""
+    return f"TF_VAR_{variable}"
 
 
 def with_secrets(user_data: str) -> Expr:
@@ -181,7 +192,7 @@ def _initialization(shape: VmShape) -> dict[str, Any]:
     init: dict[str, Any] = {
         "datastore_id": shape.pool,
         "ip_config": _ip_config(shape),
-        "user_data_file_id": Expr.of(f"{FILE}.user_data.id"),
+        "user_data_file_id": Expr.of(f"{FILE}.{USER_DATA}.id"),
         "meta_data_file_id": Expr.of(f"{FILE}.meta_data.id"),
     }
     net = shape.network
@@ -289,11 +300,11 @@ def _outputs(address: str | None) -> dict[str, Any]:
     # length(ips) > 0 && ips[0]: HCL's && does not short-circuit, and try() would turn the
     # error on an empty list into "" for the whole output.
     agent = (
-        f'try([for ip in flatten({VM}.machine.ipv4_addresses) : ip if ip != "127.0.0.1"][0], "")'
+        f'try([for ip in flatten({VM_ADDRESS}.ipv4_addresses) : ip if ip != "127.0.0.1"][0], "")'
     )
     return {
-        "vm_id": {"value": Expr.of(f"{VM}.machine.vm_id")},
-        "node": {"value": Expr.of(f"{VM}.machine.node_name")},
+        "vm_id": {"value": Expr.of(f"{VM_ADDRESS}.vm_id")},
+        "node": {"value": Expr.of(f"{VM_ADDRESS}.node_name")},
         "ipv4": {"value": ipv4_output(address, agent)},
     }
 
@@ -304,10 +315,10 @@ def module(shape: VmShape) -> dict[str, Any]:
         "terraform": {"required_providers": {"proxmox": REQUIRED_PROVIDER}},
         "resource": {
             FILE: {
-                "user_data": _snippet(shape, "user-data", with_secrets(shape.user_data)),
+                USER_DATA: _snippet(shape, "user-data", with_secrets(shape.user_data)),
                 "meta_data": _snippet(shape, "meta-data", shape.meta_data),
             },
-            VM: {"machine": _vm(shape)},
+            VM: {VM_NAME: _vm(shape)},
         },
         "output": _outputs(shape.address),
     }
@@ -425,8 +436,8 @@ def adopted_module(shape: AdoptedShape) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "terraform": {"required_providers": {"proxmox": REQUIRED_PROVIDER}},
         # A literal id: Terraform 1.5 (provider-terraform's) takes no expression here.
-        "import": [{"to": f"{VM}.machine", "id": f"{shape.node}/{shape.vmid}"}],
-        "resource": {VM: {"machine": vm}},
+        "import": [{"to": VM_ADDRESS, "id": f"{shape.node}/{shape.vmid}"}],
+        "resource": {VM: {VM_NAME: vm}},
         "output": _outputs(shape.address),
     }
     return escape_all(doc)

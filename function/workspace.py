@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from function import record
+from function import lxc, record, terraform
 from function.model import BootstrapSecret
 from function.record import ANNOTATION_PREFIX, Held, dig, module_of, obj
 
@@ -59,7 +59,8 @@ def _env(shape: WorkspaceShape) -> list[dict[str, Any]]:
         if not shape.namespaced:
             ref["namespace"] = secret.secret_ref.namespace
         # Terraform reads TF_VAR_<name> as the variable's value; the function never sees it.
-        env.append({"name": f"TF_VAR_secret_{secret.name}", "secretKeyRef": ref})
+        name = terraform.variable_env(terraform.secret_variable(secret.name))
+        env.append({"name": name, "secretKeyRef": ref})
     return env
 
 
@@ -137,32 +138,17 @@ def condition(observed: dict[str, Any] | None, kind: str) -> dict[str, Any] | No
 
 
 # What the running VM was created with, and never changes in place (see terraform.py).
-_CT_PATH = ("resource", "proxmox_virtual_environment_container", "container")
+_CT_PATH = lxc.PATH
+_VM_PATH = terraform.VM_PATH
 _CREATE_ONLY: dict[str, tuple[str | int, ...]] = {
     "user-data (bootstrap, roles, devices' guest setup)": (
-        "resource",
-        "proxmox_virtual_environment_file",
-        "user_data",
+        *terraform.USER_DATA_PATH,
         "source_raw",
         0,
         "data",
     ),
-    "storage pool (where its disks are)": (
-        "resource",
-        "proxmox_virtual_environment_vm",
-        "machine",
-        "disk",
-        0,
-        "datastore_id",
-    ),
-    "image (template clone)": (
-        "resource",
-        "proxmox_virtual_environment_vm",
-        "machine",
-        "clone",
-        0,
-        "vm_id",
-    ),
+    "storage pool (where its disks are)": (*_VM_PATH, "disk", 0, "datastore_id"),
+    "image (template clone)": (*_VM_PATH, "clone", 0, "vm_id"),
     # A container's (function/lxc.py): bpg would re-create it for any of these.
     "unprivileged flag": (*_CT_PATH, "unprivileged"),
     "mount points (volumes are made with the container)": (*_CT_PATH, "mount_point"),
@@ -182,7 +168,6 @@ def create_only_changes(observed: dict[str, Any] | None, desired: dict[str, Any]
     return [what for what, path in _CREATE_ONLY.items() if dig(was, *path) != dig(now, *path)]
 
 
-_VM_PATH = ("resource", "proxmox_virtual_environment_vm", "machine")
 # What a running guest takes only when it next restarts (terraform.py sets
 # reboot_after_update = false): what the claim calls it, the module path, the unit.
 _AT_RESTART: dict[str, tuple[tuple[str | int, ...], str]] = {

@@ -23,6 +23,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from function import memo, yamlio
 from function.errors import FabricError, show_value
+from function.model import TEMPLATE_KEY
 
 OS_FAMILIES = ("debian", "nixos", "ubuntu")
 BUILTIN = "built-in"
@@ -204,7 +205,7 @@ def catalog(site_templates: Mapping[str, str]) -> dict[str, Template]:
     """Built-in templates overlaid by site templates (a site template replaces a built-in)."""
     merged = dict(builtin())
     for key in sorted(site_templates):
-        if not re.match(r"^(roles|devices)/[a-z0-9][a-z0-9-]{0,62}$", key):
+        if not re.match(TEMPLATE_KEY, key):
             msg = f"site template key {key!r} is invalid; accepted: roles/<name> or devices/<class>"
             raise FabricError(msg)
         merged[key] = _parse_site(key, site_templates[key])
