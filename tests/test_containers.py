@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from function import lxc
+from function.model import intent
 from tests.conftest import (
     applied,
     basic_spec,
@@ -66,6 +68,23 @@ def pihole_spec(**extra: Any) -> dict[str, Any]:
     spec = copy.deepcopy(example("pihole")["spec"])
     spec.update(extra)
     return spec
+
+
+def test_the_example_xr_is_its_claims() -> None:
+    """examples/xrs/containers/pihole.yaml, which make render and the golden file show."""
+    claim = example("pihole")
+    xr = xpsim.load_yaml(ROOT / "examples" / "xrs" / "containers" / "pihole.yaml")
+    meta = claim["metadata"]
+    assert xr["kind"] == "XContainer"
+    assert intent(xr["spec"]) == claim["spec"]
+    assert xr["spec"]["claimRef"] == {
+        "apiVersion": claim["apiVersion"],
+        "kind": "Container",
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+    }
+    assert xr["metadata"]["labels"]["crossplane.io/claim-name"] == meta["name"]
+    assert xr["metadata"]["labels"]["crossplane.io/claim-namespace"] == meta["namespace"]
 
 
 # --- one fleet ---------------------------------------------------------------------------------
@@ -141,7 +160,8 @@ def _xr_file(directory: Path, name: str, kind: str = "Container") -> Path:
         "kind": "XContainer",
         "metadata": {
             "name": f"{meta['name']}-c8k2p",
-            "uid": f"c0n7a1ne-0000-4000-8000-{abs(hash(name)) % 10**12:012d}",
+            # Stable across runs: str hashes are salted per process, so not hash(name).
+            "uid": f"c0a7a1e0-0000-4000-8000-{hashlib.sha256(name.encode()).hexdigest()[:12]}",
             "creationTimestamp": "2025-06-02T09:00:00Z",
             "labels": {
                 "crossplane.io/claim-name": meta["name"],

@@ -40,7 +40,13 @@ def test_golden_text_holds_the_rendered_data_exactly(example, address):
 
 def test_every_golden_file_has_its_example():
     have = sorted(p.stem for p in golden.GOLDEN.glob("*.yaml"))
-    assert have == [p.stem for p in EXAMPLES], f"regenerate with `{golden.REGENERATE}`"
+    assert have == sorted(p.stem for p in EXAMPLES), f"regenerate with `{golden.REGENERATE}`"
+
+
+def test_the_examples_are_machines_then_containers():
+    kinds = [xpsim.load_yaml(p)["kind"] for p in EXAMPLES]
+    assert kinds == sorted(kinds, key=lambda k: k == render.CONTAINER_KIND)
+    assert "XContainer" in kinds, "make render shows a container too"
 
 
 def workspace(module: dict) -> dict:
@@ -124,3 +130,24 @@ def test_the_summary_reads_like_kubectl_get_machines():
     ]
     assert lines[3] == "Warnings the claims show:"
     assert lines[5].split() == [name, "Warning", "cpu", "waits", "for", "a", "restart"]
+
+
+def test_containers_get_their_own_table_like_kubectl_get_containers():
+    machine, container = xpsim.load_yaml(EXAMPLES[0]), xpsim.load_yaml(EXAMPLES[-1])
+
+    def outcome(xr: dict, vmid: float) -> render.Outcome:
+        status = {"node": "n1", "vmId": vmid, "ip": "10.0.0.9", "phase": "Running"}
+        rendered = xpsim.Rendered(xr={"status": status}, composed=[], results=[])
+        return render.Outcome(xr, fnv1.RunFunctionResponse(), rendered)
+
+    lines = render.summary([outcome(container, 205.0), outcome(machine, 200.0)]).splitlines()
+    header = ["NAME", "NODE", "VMID", "IP", "DEVICES", "PHASE"]
+    assert [line.split() for line in lines] == [
+        header,
+        [render.claim_name(machine), "n1", "200", "10.0.0.9", "<none>", "Running"],
+        [],
+        header,
+        [render.claim_name(container), "n1", "205", "10.0.0.9", "<none>", "Running"],
+        [],
+        ["No", "claim", "shows", "a", "warning."],
+    ]

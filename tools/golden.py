@@ -171,9 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     paths = [render.resolve(a) for a in args.xrs] if args.xrs else render.examples()
-    outside = [p for p in paths if p.parent != render.EXAMPLES]
+    outside = [p for p in paths if p not in render.examples()]
     if outside:
-        msg = f"golden files are kept for examples/xrs/ only, not {render.shown(outside[0])}"
+        msg = f"golden files are kept for the examples only, not {render.shown(outside[0])}"
         raise SystemExit(msg)
     written = write(paths)
     for path in written:

@@ -6,7 +6,8 @@ send each XR with the Composition's input, answer the function's requirements wi
 the example inventory and the example fleet, and print the resulting XR (with its
 status) and every composed resource as YAML (the Workspace's module shown parsed),
 each followed by the events the claim would show. The run ends with a table like
-`kubectl get machines` and the warnings the claims would show.
+`kubectl get machines`, one like `kubectl get containers`, and the warnings the claims
+would show. The containers' XRs are in examples/xrs/containers/.
 
 Usage: python -m tools.render [--crossplane-v2] [EXAMPLE ...]
 
@@ -36,6 +37,7 @@ INVENTORY = "examples/inventory.yaml"
 # The order `kubectl get -o yaml` prints an object's top-level fields in; the rest follow sorted.
 TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec", "status")
 NONE = "<none>"
+CONTAINER_KIND = "XContainer"
 SEVERITY = {
     fnv1.SEVERITY_NORMAL: "Normal",
     fnv1.SEVERITY_WARNING: "Warning",
@@ -49,8 +51,8 @@ Call = Callable[[fnv1.RunFunctionRequest], fnv1.RunFunctionResponse]
 
 
 def examples() -> list[Path]:
-    """Every example XR, in name order."""
-    return sorted(EXAMPLES.glob("*.yaml"))
+    """Every example XR: the machines, then the containers, each in name order."""
+    return sorted(EXAMPLES.glob("*.yaml")) + sorted((EXAMPLES / "containers").glob("*.yaml"))
 
 
 def fleet_and_inventory() -> list[dict[str, Any]]:
@@ -258,8 +260,15 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def summary(outcomes: Sequence[Outcome]) -> str:
-    """The table of every rendered claim, then the warnings each would show."""
-    out = table(("NAME", "NODE", "VMID", "IP", "DEVICES", "PHASE"), map(summary_row, outcomes))
+    """A table of the machines, one of the containers, then the warnings each claim would show.
+
+    As `kubectl get machines` and `kubectl get containers` print them: one table per kind.
+    """
+    header = ("NAME", "NODE", "VMID", "IP", "DEVICES", "PHASE")
+    containers = [o for o in outcomes if o.source.get("kind") == CONTAINER_KIND]
+    machines = [o for o in outcomes if o.source.get("kind") != CONTAINER_KIND]
+    tables = [table(header, map(summary_row, kind)) for kind in (machines, containers) if kind]
+    out = "\n".join(tables)
     warned = [
         (claim_name(o.source), kind, message)
         for o in outcomes
@@ -299,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         epilog="EXAMPLE: an XR file, or an example by name (gpu-worker, gpu-worker-1).",
     )
     parser.add_argument(
-        "xrs", nargs="*", metavar="EXAMPLE", help="what to render (default: examples/xrs/*)"
+        "xrs",
+        nargs="*",
+        metavar="EXAMPLE",
+        help="what to render (default: examples/xrs/*, then examples/xrs/containers/*)",
     )
     parser.add_argument(
         "--crossplane-v2",
