@@ -9,6 +9,8 @@ same bytes to both over loopback gRPC:
 
 - latency: a fixed number of sequential calls, alternating between the two
   servers so both see the same machine load; p50, p99 and their ratio;
+- latency when no request repeats: the same calls, each with its own meta.tag, so that
+  Fabric's response memo never answers and every call is a reconcile;
 - throughput at concurrency 1 (from those calls) and 8 (threads, each with its
   own channel, a fixed number of calls each);
 - peak RSS of each server process (VmHWM from /proc/<pid>/status), after the
@@ -97,6 +99,22 @@ def steady_request(nodes: int, machines: int) -> fnv1.RunFunctionRequest:
     return xpsim.answer(req, call(req), cluster, v2=False)
 
 
+def retagged(req: fnv1.RunFunctionRequest, count: int) -> list[bytes]:
+    """The request `count` times, each with its own meta.tag: no two are the same request.
+
+    Crossplane tags each request with a digest of its content, so a new tag stands for any
+    change (a machine's status, a new Reservation): the response memo misses, while the
+    caches of content that did not change (inventory, fleet records) still serve.
+    """
+    bodies = []
+    for i in range(count):
+        copy_ = fnv1.RunFunctionRequest()
+        copy_.CopyFrom(req)
+        copy_.meta.tag = f"bench-{i}"
+        bodies.append(copy_.SerializeToString())
+    return bodies
+
+
 def check(rsp: fnv1.RunFunctionResponse) -> None:
     """The steady-state response must be the full answer: a Workspace and a Running machine."""
     fatal = [r.message for r in rsp.results if r.severity == fnv1.SEVERITY_FATAL]
@@ -156,6 +174,7 @@ class Stats:
     rps8: float = 0.0
     rss1_mib: float = 0.0  # peak RSS after the sequential calls
     rss8_mib: float = 0.0  # peak RSS after the concurrent calls too
+    fresh_p50: float = 0.0  # seconds, when no request repeats (every call a reconcile)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -165,13 +184,17 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[rank]
 
 
-def sequential(calls: dict[str, Call], body: bytes, count: int) -> dict[str, Stats]:
-    """Alternate calls between the servers; per-call latency, p50/p99, throughput at c=1."""
+def sequential(calls: dict[str, Call], bodies: list[bytes], count: int) -> dict[str, Stats]:
+    """Alternate calls between the servers; per-call latency, p50/p99, throughput at c=1.
+
+    The i-th call of each server sends bodies[i % len(bodies)]: one body is the steady state
+    (answered from Fabric's response memo), distinct ones make every call a reconcile.
+    """
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(count):
+    for i in range(count):
         for name, call in calls.items():
             start = time.perf_counter()
-            call(body)
+            call(bodies[i % len(bodies)])
             samples[name].append(time.perf_counter() - start)
     return {
         name: Stats(
@@ -241,9 +264,12 @@ def measure(nodes: int, machines: int, count: int, baseline: Path | None = None)
         for _ in range(5):  # warm-up: first-call imports, caches, connections
             for call in calls.values():
                 call(body)
-        stats = sequential(calls, body, count)
+        stats = sequential(calls, [body], count)
         for srv in (fabric, noop):
             stats[srv.name].rss1_mib = srv.peak_rss_mib()
+        fresh = sequential(calls, retagged(req, count), count)
+        for name, got in fresh.items():
+            stats[name].fresh_p50 = got.p50
         for srv in (fabric, noop):
             stats[srv.name].rps8 = concurrent(srv, body, max(count // CONCURRENCY, 4))
             stats[srv.name].rss8_mib = srv.peak_rss_mib()
@@ -287,6 +313,17 @@ def table(rows: list[Row]) -> str:
             f"| {r.nodes} | {r.machines} | {f.rps1:.0f} | {n.rps1:.0f} | {f.rps8:.0f} "
             f"| {n.rps8:.0f} | {f.rss1_mib:.1f} | {n.rss1_mib:.1f} | {f.rss8_mib:.1f} "
             f"| {n.rss8_mib:.1f} |"
+        )
+    out += [
+        "",
+        "| nodes | fleet | no request repeats: Fabric p50 ms | no-op p50 ms | ratio |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        f, n = r.fabric, r.noop
+        out.append(
+            f"| {r.nodes} | {r.machines} | {f.fresh_p50 * 1e3:.2f} | {n.fresh_p50 * 1e3:.2f} "
+            f"| {f.fresh_p50 / n.fresh_p50:.2f} |"
         )
     if any(r.baseline for r in rows):
         out += [

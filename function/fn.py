@@ -8,7 +8,7 @@ Workspace exists holds it as it is.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import crossplane.function.proto.v1.run_function_pb2_grpc as grpcv1
@@ -26,6 +26,16 @@ MAX_RESPONSES = 256
 _RESPONSES: memo.BoundedCache[bytes, bytes] = memo.BoundedCache("responses", MAX_RESPONSES)
 
 
+class Log(Protocol):
+    """What the function logs through: the SDK's structlog logger, or any with these two."""
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        """Log at debug level (per call; off unless --debug)."""
+
+    def error(self, event: str, **fields: Any) -> Any:
+        """Log an error (an internal error's type, never claim data)."""
+
+
 class FunctionRunner(grpcv1.FunctionRunnerServiceServicer):
     """A FunctionRunner handles gRPC RunFunctionRequests."""
 
@@ -40,15 +50,15 @@ class FunctionRunner(grpcv1.FunctionRunnerServiceServicer):
         return run(req, self.log)
 
 
-def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
+def run(req: fnv1.RunFunctionRequest, log: Log) -> fnv1.RunFunctionResponse:
     """Handle one request synchronously (also used by tests and benchmarks in-process)."""
-    wire = req.SerializeToString(deterministic=True)
-    key = memo.digest(wire)
+    request_bytes = req.SerializeToString(deterministic=True)
+    key = memo.digest(request_bytes)
     known = _RESPONSES.get(key)
     if known is not None:
         log.debug("reconciled", repeated=True)
         return fnv1.RunFunctionResponse.FromString(known)
-    rsp = reconcile(req, log, len(wire))
+    rsp = reconcile(req, log, len(request_bytes))
     if any(r.severity == fnv1.SEVERITY_FATAL for r in rsp.results):
         return rsp
     answer = rsp.SerializeToString(deterministic=True)
@@ -59,7 +69,7 @@ def run(req: fnv1.RunFunctionRequest, log: Any) -> fnv1.RunFunctionResponse:
 
 
 def reconcile(
-    req: fnv1.RunFunctionRequest, log: Any, size: int | None = None
+    req: fnv1.RunFunctionRequest, log: Log, size: int | None = None
 ) -> fnv1.RunFunctionResponse:
     """Reconcile afresh, past the response memo (tests compare the two).
 
@@ -79,7 +89,7 @@ def reconcile(
     return rsp
 
 
-def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Any, size: int) -> None:
+def _run(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, log: Log, size: int) -> None:
     fn_input = wire.parse_input(req)
     if isinstance(fn_input, str):
         wire.refuse(req, rsp, fn_input)

@@ -18,6 +18,7 @@ The caches, by owner (`caches()` lists them at run time):
 | fleets, records, specs  | fleet                 | the fleet as records, each XR, each intent |
 | reservation-tables      | reservations          | the Reservations table                     |
 | interface-ips           | placement             | the IP of a held CIDR address              |
+| modules                 | record                | a Workspace's module text, parsed          |
 | templates, site-templates | cloudinit.library   | compiled and parsed templates              |
 | builtin-templates       | cloudinit.library     | the templates shipped with the function    |
 | rendered-yaml           | cloudinit.library     | rendered user-data, parsed back            |

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from function import terraform
+from function import memo, terraform
 from function.model import MAX_VMID, MIN_VMID, Inventory
 
 ANNOTATION_PREFIX = "fabric.homelab.io/"
@@ -68,10 +68,17 @@ def dig(doc: Any, *path: str | int) -> Any:
 
 
 def module_of(ws: dict[str, Any]) -> dict[str, Any]:
-    """The Terraform module a Workspace carries, parsed; {} when it has none or a broken one."""
+    """The Terraform module a Workspace carries, parsed; {} when it has none or a broken one.
+
+    Read-only: one call compares the observed and the desired module for several kinds of
+    change, so each text is parsed once and the parsed module shared.
+    """
     text = obj(obj(ws.get("spec")).get("forProvider")).get("module")
-    if not isinstance(text, str):
-        return {}
+    return _parsed_module(text) if isinstance(text, str) else {}
+
+
+@memo.memoize("modules", 64)
+def _parsed_module(text: str) -> dict[str, Any]:
     try:
         found = json.loads(text)
     except ValueError:
