@@ -263,7 +263,6 @@ def test_guest_module_parses():
 # nixpkgs defaults and checks the cases need (tests/fixtures/nixos/eval-guest-module.nix says
 # exactly what is emulated). Each case below failed on the module before its fix.
 HARNESS = ROOT / "tests" / "fixtures" / "nixos" / "eval-guest-module.nix"
-NETWORKD_AND_DHCPCD = "can cause both networkd and dhcpcd to manage the same interfaces"
 
 
 def _evaluate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,16 @@ def test_module_pins_the_provider_the_tests_build(address, tmp_path):
     module = json.loads(ws["spec"]["forProvider"]["module"])
     provider = module["terraform"]["required_providers"]["proxmox"]
     assert provider == {"source": "bpg/proxmox", "version": realtools.BPG_VERSION}
+
+
+def test_the_terraform_that_judges_is_the_one_provider_terraform_runs():
+    # Every provider-terraform release runs Terraform 1.5.5 (tools/versions.env pins it): the
+    # plans here are only evidence if the binary that made them is that version.
+    terraform = require_tool("terraform")
+    done = subprocess.run(
+        [str(terraform), "version", "-json"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout)["terraform_version"] == realtools.TERRAFORM_VERSION == "1.5.5"
 
 
 def test_every_wait_ends_before_provider_terraform_gives_up(address, tmp_path):
