@@ -66,8 +66,8 @@ def view(
     held = None if observed_backups is None else workspace.held_copy(observed_backups)
     try:
         inv = pipeline.parse_inventory(inventory, fn_input)
-    except Refusal as hold:
-        return _not_yet(hold.reason, hold.message, held)
+    except Refusal as refusal:
+        return _not_yet(refusal.reason, refusal.message, held)
     if xrs is None:
         return _not_yet(Reason.WAITING_FOR_FLEET, "waiting for Crossplane to list the fleet", held)
     if table is None:

@@ -319,8 +319,8 @@ def decide(req: Request) -> Decision:
         report.placement = outcome.placement
         subject = render.Subject(machine, spec, demand, inv, req.fn_input)
         _placed(decision, req, subject, outcome.placement)
-    except Refusal as hold:
-        _held(decision, req, hold)
+    except Refusal as refusal:
+        _held(decision, req, refusal)
     decision.xr_status = status.xr_status(report, inv, req.observed_ws, decision.desired_ws)
     return decision
 
@@ -448,9 +448,9 @@ def _reserving(decision: Decision, req: Request, key: str, held: record.Held) ->
     return True
 
 
-def _held(decision: Decision, req: Request, hold: Refusal) -> None:
+def _held(decision: Decision, req: Request, refusal: Refusal) -> None:
     report = decision.report
-    report.message = hold.message
+    report.message = refusal.message
     if req.observed_ws is not None:
         # Something exists: keep it exactly as it is and say why on the claim.
         decision.desired_ws = workspace.held_copy(req.observed_ws)
@@ -462,9 +462,9 @@ def _held(decision: Decision, req: Request, hold: Refusal) -> None:
             name: workspace.held_copy(body) for name, body in req.own_reservations.items()
         }
         report.condition(
-            Kind.VALID, ok=False, reason=hold.reason, message=f"held as it is: {hold.message}"
+            Kind.VALID, ok=False, reason=refusal.reason, message=f"held as it is: {refusal.message}"
         )
-        report.warn(f"the machine is held as it is: {hold.message}")
+        report.warn(f"the machine is held as it is: {refusal.message}")
         seen = status.read_provisioning(req.observed_ws, req.xr)
         report.provisioned(seen)
         decision.ready = seen.ready
@@ -474,12 +474,12 @@ def _held(decision: Decision, req: Request, hold: Refusal) -> None:
     # Nothing exists and nothing is held: a refused claim shows no node, VMID or address, which
     # other machines would otherwise read from its status as taken (invariant 9).
     report.placement = None
-    report.phase = hold.phase
-    invalid = hold.phase == Phase.INVALID
-    scheduled = Reason.INVALID if invalid else hold.reason
-    report.condition(Kind.SCHEDULED, ok=False, reason=scheduled, message=hold.message)
+    report.phase = refusal.phase
+    invalid = refusal.phase == Phase.INVALID
+    scheduled = Reason.INVALID if invalid else refusal.reason
+    report.condition(Kind.SCHEDULED, ok=False, reason=scheduled, message=refusal.message)
     if invalid:
-        report.condition(Kind.VALID, ok=False, reason=hold.reason, message=hold.message)
-    if not hold.reason.waiting:
-        report.warn(hold.message)  # waiting for Crossplane is routine, not worth an event
+        report.condition(Kind.VALID, ok=False, reason=refusal.reason, message=refusal.message)
+    if not refusal.reason.waiting:
+        report.warn(refusal.message)  # waiting for Crossplane is routine, not worth an event
     decision.ttl = WAIT
