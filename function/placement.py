@@ -9,6 +9,7 @@ Machines after this one cannot change its outcome, so the walk stops there.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,38 +27,57 @@ from function.scheduler import explain, schedule
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a machine lives and what it holds."""
+    """Where a machine lives and what it holds (its record), and how this call came by it."""
 
-    node: str
-    vmid: int
-    devices: tuple[str, ...]
-    address: str | None  # static CIDR address, None for DHCP
-    network: str | None
+    record: Held  # what the machine holds for good (record.py writes and reads it)
     fresh: bool  # placed by this call, not read back
     considered: tuple[str, ...] = ()  # nodes that fitted, best first (fresh placements only)
-    snippets: str | None = None  # read back: where the VM's snippets are (None: not yet made)
-    adopted: bool = False  # an existing guest the claim adopted, never cloned by Fabric
+
+    @property
+    def node(self) -> str:
+        """The node the guest lives on."""
+        return self.record.node
+
+    @property
+    def vmid(self) -> int:
+        """The guest's VMID."""
+        return self.record.vmid
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The resource mappings the guest holds."""
+        return self.record.devices
+
+    @property
+    def address(self) -> str | None:
+        """The static CIDR address, None for DHCP."""
+        return self.record.address
+
+    @property
+    def network(self) -> str | None:
+        """The inventory network the guest is on."""
+        return self.record.network
+
+    @property
+    def snippets(self) -> str | None:
+        """Where the VM's snippets are (read back; None: not made yet)."""
+        return self.record.snippets
+
+    @property
+    def adopted(self) -> bool:
+        """An existing guest the claim adopted, never cloned by Fabric."""
+        return self.record.adopted
 
     def held(self, snippets: str | None = None) -> Held:
         """The placement as it is recorded for good, with where its snippets went."""
-        where = snippets or self.snippets
-        return Held(
-            self.node, self.vmid, self.devices, self.address, self.network, where, self.adopted
-        )
+        if snippets is None or snippets == self.record.snippets:
+            return self.record
+        return dataclasses.replace(self.record, snippets=snippets)
 
     @classmethod
     def of_held(cls, held: Held) -> Placement:
         """A placement read back from its record (not made by this call)."""
-        return cls(
-            held.node,
-            held.vmid,
-            held.devices,
-            held.address,
-            held.network,
-            fresh=False,
-            snippets=held.snippets,
-            adopted=held.adopted,
-        )
+        return cls(held, fresh=False)
 
 
 @dataclass(frozen=True)
@@ -153,15 +173,8 @@ def _place(ledger: Ledger, key: str, demand: Demand) -> Outcome:
     if why is not None:
         return Outcome(None, why)
     chosen = verdict.chosen
-    placement = Placement(
-        chosen.node,
-        vmid,
-        chosen.devices,
-        address,
-        demand.network_name,
-        fresh=True,
-        considered=verdict.considered,
-    )
+    held = Held(chosen.node, vmid, chosen.devices, address, demand.network_name)
+    placement = Placement(held, fresh=True, considered=verdict.considered)
     hold(ledger, key, placement.held(), demand)
     return Outcome(placement)
 
@@ -184,15 +197,9 @@ def _adopt(ledger: Ledger, key: str, demand: Demand) -> Outcome:
     address, why = _address(ledger, key, demand)
     if why is not None:
         return Outcome(None, why)
-    placement = Placement(
-        adopt.node,
-        adopt.vmid,
-        tuple(sorted(adopt.devices)),
-        address,
-        demand.network_name,
-        fresh=True,
-        adopted=True,
-    )
+    devices = tuple(sorted(adopt.devices))
+    held = Held(adopt.node, adopt.vmid, devices, address, demand.network_name, adopted=True)
+    placement = Placement(held, fresh=True)
     hold(ledger, key, placement.held(), demand)
     return Outcome(placement)
 

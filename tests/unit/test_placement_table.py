@@ -33,26 +33,16 @@ def adopting(key: str, node: str, vmid: int, *devices: str, held: Held | None = 
 
 
 def fresh(node: str, vmid: int, address: str | None = None, **more: Any) -> Outcome:
-    return Outcome(
-        Placement(
-            node,
-            vmid,
-            more.pop("devices", ()),
-            address,
-            "lan" if address else None,
-            fresh=True,
-            **more,
-        )
-    )
+    considered = more.pop("considered", ())
+    held = Held(node, vmid, more.pop("devices", ()), address, "lan" if address else None, **more)
+    return Outcome(Placement(held, fresh=True, considered=considered))
 
 
 CASES = [
     Case(
         "sticky: a machine that holds a placement keeps it, whatever the others hold",
         member("ns/me", T2, Held("a", 104, ("gpu0",), "10.0.0.4/24", "lan", "local"), **LAN),
-        Outcome(
-            Placement("a", 104, ("gpu0",), "10.0.0.4/24", "lan", fresh=False, snippets="local")
-        ),
+        Outcome(Placement(Held("a", 104, ("gpu0",), "10.0.0.4/24", "lan", "local"), fresh=False)),
         others=[member("ns/x", T1, Held("a", 104, ("gpu0",), "10.0.0.4/24", "lan"))],
     ),
     Case(
@@ -91,12 +81,12 @@ CASES = [
     Case(
         "adoption: the guest stays where it is, even on a closed node, outside the range",
         adopting("ns/me", "c", 150),
-        Outcome(Placement("c", 150, (), None, None, fresh=True, adopted=True)),
+        Outcome(Placement(Held("c", 150, adopted=True), fresh=True)),
     ),
     Case(
         "adoption of an unmanaged guest: its inventory entry no longer holds the VMID",
         adopting("ns/me", "a", 150),
-        Outcome(Placement("a", 150, (), None, None, fresh=True, adopted=True)),
+        Outcome(Placement(Held("a", 150, adopted=True), fresh=True)),
         inv={"unmanaged": [{"vmid": 150, "name": "old", "node": "a"}]},
     ),
     Case(
