@@ -153,30 +153,26 @@ def hold_observed(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse) -
 def internal_error(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, what: str) -> None:
     """Hold the observed Workspace if there is one; otherwise fail without touching anything."""
     del rsp.results[:]
-    observed = _observed(req, workspace.RESOURCE_NAME)
     message = f"internal error in function-fabric ({what}); nothing was changed"
-    if observed is None:
-        response.fatal(rsp, message)
-        return
-    hold_observed(req, rsp)
-    rsp.results.append(
-        fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=message, target=status.TARGET)
-    )
+    _hold_or_fail(req, rsp, fatal=message, warning=message)
 
 
 def refuse(req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, message: str) -> None:
     """A problem with the function's own configuration or the request as a whole."""
-    observed = _observed(req, workspace.RESOURCE_NAME)
-    if observed is None:
-        response.fatal(rsp, message)
+    warning = f"the machine is held as it is: {message}"
+    _hold_or_fail(req, rsp, fatal=message, warning=warning)
+
+
+def _hold_or_fail(
+    req: fnv1.RunFunctionRequest, rsp: fnv1.RunFunctionResponse, *, fatal: str, warning: str
+) -> None:
+    """Hold what is observed and warn; with nothing observed, a FATAL result changes nothing."""
+    if _observed(req, workspace.RESOURCE_NAME) is None:
+        response.fatal(rsp, fatal)
         return
     hold_observed(req, rsp)
     rsp.results.append(
-        fnv1.Result(
-            severity=fnv1.SEVERITY_WARNING,
-            message=f"the machine is held as it is: {message}",
-            target=status.TARGET,
-        )
+        fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=warning, target=status.TARGET)
     )
 
 
