@@ -29,7 +29,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 from function import model
-from function.outcome import Phase
+from function.outcome import Phase, Reason
 from function.yamlio import load_strict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1083,3 +1083,12 @@ def test_every_document_the_repository_names_is_in_it() -> None:
     assert missing == set()
     design = [n for n in texts if "DESIGN" in (ROOT / n).read_text(encoding="utf-8")]
     assert design == [], "DESIGN.md is not in the repository: cite docs/invariants.md"
+
+
+def test_the_readme_explains_every_condition_reason() -> None:
+    """Alerts match on reasons: README's table lists exactly those outcome.Reason names."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("Every condition reason Fabric sets", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    listed = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+    assert listed == {reason.value for reason in Reason}
