@@ -22,6 +22,7 @@ from tools import crossplane_cli, realtools, xpsim
 ROOT = realtools.ROOT
 PT = realtools.REFERENCE / "provider-terraform"
 EXAMPLE_XRS = sorted((ROOT / "examples" / "xrs").glob("*.yaml"))
+EXAMPLE_CONTAINER_XRS = sorted((ROOT / "examples" / "xrs" / "containers").glob("*.yaml"))
 VALIDATOR = "crossplane-2.0"
 
 
@@ -48,9 +49,13 @@ def test_example_claims_against_the_legacy_xrd():
     assert report.count("Kind=Machine,") == len(EXAMPLE_XRS)
 
 
-def test_example_xrs_against_the_legacy_xrd():
-    report = validate([ROOT / "xrds" / "xmachine.yaml"], ROOT / "examples" / "xrs")
+def test_example_xrs_against_the_legacy_xrds():
+    # validate reads the directory recursively: the containers' XRs in examples/xrs/containers
+    # are checked against their own XRD in the same run.
+    xrds = [ROOT / "xrds" / "xmachine.yaml", ROOT / "xrds" / "xcontainer.yaml"]
+    report = validate(xrds, ROOT / "examples" / "xrs")
     assert report.count("Kind=XMachine,") == len(EXAMPLE_XRS)
+    assert report.count("Kind=XContainer,") == len(EXAMPLE_CONTAINER_XRS) > 0
 
 
 def test_namespaced_xrs_against_the_v2_xrd(tmp_path):
