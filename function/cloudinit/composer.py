@@ -101,20 +101,17 @@ def _compose(facts: GuestFacts) -> str:
 
 def available_roles(site_templates: Mapping[str, str]) -> list[str]:
     """Names of the roles a claim may ask for: the built-in ones plus the site's."""
-    return sorted(
-        key.removeprefix("roles/")
-        for key in library.catalog(site_templates)
-        if key.startswith("roles/")
-    )
+    return _named(library.catalog(site_templates), "roles/")
 
 
 def available_devices(site_templates: Mapping[str, str]) -> list[str]:
     """Device classes that have a template (other classes need nothing in the guest)."""
-    return sorted(
-        key.removeprefix("devices/")
-        for key in library.catalog(site_templates)
-        if key.startswith("devices/")
-    )
+    return _named(library.catalog(site_templates), "devices/")
+
+
+def _named(catalog: Mapping[str, Template], prefix: str) -> list[str]:
+    """The names of a catalog's templates of one kind ("roles/" or "devices/"), sorted."""
+    return sorted(key.removeprefix(prefix) for key in catalog if key.startswith(prefix))
 
 
 def select(facts: GuestFacts, catalog: Mapping[str, Template]) -> list[Template]:
@@ -154,8 +151,8 @@ def _role_templates(
     for role in roles:
         template = catalog.get(f"roles/{role}")
         if template is None:
-            known = sorted(k.removeprefix("roles/") for k in catalog if k.startswith("roles/"))
-            msg = f"unknown role {role!r} in spec.roles; known roles: {', '.join(known)}"
+            known = ", ".join(_named(catalog, "roles/"))
+            msg = f"unknown role {role!r} in spec.roles; known roles: {known}"
             raise FabricError(msg)
         if family not in template.os_families:
             raise FabricError(_unsupported(template, family))
