@@ -43,7 +43,7 @@ PROVISIONING = dt.timedelta(minutes=1)
 STEADY = dt.timedelta(minutes=5)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
     """What the function was given, already converted to plain data."""
 
