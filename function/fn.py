@@ -20,7 +20,8 @@ from function import homelab, memo, pipeline, requirements, wire
 # Responses by a digest of their request's deterministic bytes. The response is a function of
 # the request alone (invariant 4 of docs/invariants.md: byte-identical), and in a steady state
 # Crossplane sends each machine the same request at every poll: answering it again costs a
-# digest, not a reconcile.
+# digest, not a reconcile. Not by meta.tag, though Crossplane derives it from the content too:
+# its requirement loop keeps the first round's tag for the round that carries the inventory.
 # Bounded: a few responses per machine in flight, least recently used first out.
 MAX_RESPONSES = 256
 _RESPONSES: memo.BoundedCache[bytes, bytes] = memo.BoundedCache("responses", MAX_RESPONSES)

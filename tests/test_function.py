@@ -269,6 +269,23 @@ def test_the_response_memo_is_bounded_and_answers_what_a_reconcile_would(call_in
         assert got == call_fresh(req).SerializeToString(deterministic=True)
 
 
+def test_the_response_memo_keys_on_content_not_on_the_request_tag(call_inproc, call_fresh):
+    # Crossplane's requirement loop sends its second round (the inventory now attached) under
+    # the first round's meta.tag unless per-iteration tagging is on: a memo keyed on the tag
+    # would answer the second round with the first one's "send me the inventory".
+    machine = xr("tagged", basic_spec())
+    req = xpsim.request(machine, fn_input())
+    req.meta.tag = "one-tag-for-every-round"
+    first = call_inproc(req)
+    answered = xpsim.answer(req, first, xpsim.Cluster([inventory_cm(), machine]), v2=False)
+    answered.meta.tag = req.meta.tag
+    second = call_inproc(answered)
+    assert status(first)["phase"] == "Pending"
+    assert status(second)["phase"] != "Pending"
+    got = second.SerializeToString(deterministic=True)
+    assert got == call_fresh(answered).SerializeToString(deterministic=True)
+
+
 def test_first_call_without_requirements_is_not_fatal(call):
     req = xpsim.request(xr("early", basic_spec()), fn_input())
     rsp = call(req)
