@@ -3,12 +3,13 @@
 tools/cluster.py brings up etcd, kube-apiserver, kube-controller-manager (garbage collection)
 and Crossplane core v2.0.8, all built from Go modules, in a loopback-only network namespace;
 installs Fabric as a user would (cluster/, the provider-terraform CRDs with no provider
-running, the XRD, the function package from a loopback registry, the Composition, the
-inventory) and applies the example claims one after the other, in the order of the example
-XRs' creation times. What the API server then holds is compared with what the function renders
-for the same fleet (tests/golden/, itself held to the real CLI by test_real_crossplane.py):
-each claim's phase, node, VMID, address, devices and conditions as Crossplane copied them, one
-Workspace per machine with the same module, and the Reservations. Then the lifecycle a user
+running, the XRDs, the function package from a loopback registry, the Compositions, the
+inventory) and applies the example claims, machines and the pihole container, one after the
+other, in the order of the example XRs' creation times. What the API server then holds is
+compared with what the function renders for the same fleet (tests/golden/, itself held to the
+real CLI by test_real_crossplane.py): each claim's phase, node, VMID, address, devices and
+conditions as Crossplane copied them, one Workspace per guest with the same module, and the
+Reservations. Then the lifecycle a user
 lives through: a second GPU claim refused naming the holder and placed once the holder is
 deleted, a bad edit held with the Workspace untouched, a claim deleted with Orphan.
 """
@@ -19,6 +20,7 @@ import copy
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,16 +35,31 @@ pytestmark = pytest.mark.slow
 NS = real.CLAIMS_NS
 GOLDEN = realtools.ROOT / "tests" / "golden"
 CLAIMS = realtools.ROOT / "examples" / "claims"
+CONTAINERS = realtools.ROOT / "examples" / "containers"
 XRS = realtools.ROOT / "examples" / "xrs"
 
 
+def _examples() -> dict[str, tuple[Path, Path]]:
+    """Each example by its stem: its claim, and the XR Crossplane makes of it."""
+    machines = {p.stem: (p, XRS / p.name) for p in CLAIMS.glob("*.yaml")}
+    containers = {p.stem: (CONTAINERS / p.name, p) for p in (XRS / "containers").glob("*.yaml")}
+    return machines | containers
+
+
+EXAMPLES = _examples()
+
+
+def _doc(path: Path) -> dict[str, Any]:
+    return dict(yaml.safe_load(path.read_text()))
+
+
 def _created(stem: str) -> str:
-    return str(yaml.safe_load((XRS / f"{stem}.yaml").read_text())["metadata"]["creationTimestamp"])
+    return str(_doc(EXAMPLES[stem][1])["metadata"]["creationTimestamp"])
 
 
 # The example claims, by the creation time of their example XRs: the order the golden renders
 # place them in (placement is greedy in creation order).
-ORDER = sorted((p.stem for p in CLAIMS.glob("*.yaml")), key=_created)
+ORDER = sorted(EXAMPLES, key=_created)
 
 
 def _golden(stem: str) -> dict[str, list[dict[str, Any]]]:
@@ -55,7 +72,12 @@ def _golden(stem: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def _name(stem: str) -> str:
-    return str(yaml.safe_load((CLAIMS / f"{stem}.yaml").read_text())["metadata"]["name"])
+    return str(_doc(EXAMPLES[stem][0])["metadata"]["name"])
+
+
+def _golden_xr(stem: str) -> dict[str, Any]:
+    """The golden render's XR of one example: an XMachine or an XContainer."""
+    return _golden(stem)[_doc(EXAMPLES[stem][1])["kind"]][0]
 
 
 def _conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -77,7 +99,7 @@ def cluster() -> Iterator[real.Cluster]:
         pytest.skip(why)
     with real.running() as c:
         for stem in ORDER:
-            real.apply_claims(c, [CLAIMS / f"{stem}.yaml"])
+            real.apply_claims(c, [EXAMPLES[stem][0]])
         yield c
 
 
@@ -87,8 +109,16 @@ def machine(c: real.Cluster, name: str) -> dict[str, Any]:
     return dict(claim)
 
 
+def claim_of(c: real.Cluster, stem: str) -> dict[str, Any]:
+    """An example's claim as the API server holds it: a Machine or a Container."""
+    kind = str(_doc(EXAMPLES[stem][0])["kind"]).lower()
+    claim = c.get(kind, _name(stem), NS)
+    assert claim is not None, f"{kind} {_name(stem)} is gone"
+    return dict(claim)
+
+
 def xr_of(c: real.Cluster, claim: dict[str, Any]) -> dict[str, Any]:
-    xr = c.get("xmachine", claim["spec"]["resourceRef"]["name"])
+    xr = c.get(f"x{claim['kind'].lower()}", claim["spec"]["resourceRef"]["name"])
     assert xr is not None
     return dict(xr)
 
@@ -116,8 +146,8 @@ def reservations_of(c: real.Cluster, name: str) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("stem", sorted(ORDER))
 def test_claim_shows_what_the_function_renders(cluster: real.Cluster, stem: str) -> None:
     """Phase, node, VMID, address, devices and conditions, as Crossplane copied them."""
-    want = _golden(stem)["XMachine"][0]["status"]
-    claim = machine(cluster, _name(stem))
+    want = _golden_xr(stem)["status"]
+    claim = claim_of(cluster, stem)
     got = claim["status"]
     for key in ("node", "vmId", "ip", "address", "network", "devices"):
         assert got.get(key) == want.get(key), (key, got.get(key), want.get(key))
@@ -126,8 +156,7 @@ def test_claim_shows_what_the_function_renders(cluster: real.Cluster, stem: str)
     conditions = _conditions(claim)
     assert conditions["Scheduled"]["status"] == "True"
     assert (
-        conditions["Scheduled"]["message"]
-        == _conditions(_golden(stem)["XMachine"][0])["Scheduled"]["message"]
+        conditions["Scheduled"]["message"] == _conditions(_golden_xr(stem))["Scheduled"]["message"]
     )
     assert conditions["Valid"]["status"] == "True"
     assert conditions["Provisioned"]["status"] == "False"
@@ -137,18 +166,15 @@ def test_claim_shows_what_the_function_renders(cluster: real.Cluster, stem: str)
 
 
 @pytest.mark.parametrize("stem", sorted(ORDER))
-def test_one_workspace_per_machine_with_the_rendered_module(
-    cluster: real.Cluster, stem: str
-) -> None:
-    claim = machine(cluster, _name(stem))
+def test_one_workspace_per_guest_with_the_rendered_module(cluster: real.Cluster, stem: str) -> None:
+    claim = claim_of(cluster, stem)
     xr = xr_of(cluster, claim)
     found = workspaces_of(cluster, xr)
     assert len(found) == 1, [w["metadata"]["name"] for w in found]
     ws = found[0]
-    golden = _golden(stem)
-    want_ws = golden["Workspace"][0]
-    golden_xr = golden["XMachine"][0]["metadata"]["name"]
-    golden_uid = yaml.safe_load((XRS / f"{stem}.yaml").read_text())["metadata"]["uid"]
+    want_ws = _golden(stem)["Workspace"][0]
+    golden_xr = _golden_xr(stem)["metadata"]["name"]
+    golden_uid = _doc(EXAMPLES[stem][1])["metadata"]["uid"]
 
     def same(text: str) -> str:
         return text.replace(golden_xr, xr["metadata"]["name"]).replace(
@@ -202,6 +228,11 @@ def test_printer_columns(cluster: real.Cluster) -> None:
     rows = {line.split()[0]: line for line in table[1:]}
     assert "rtx3070" in rows["gpu-worker-1"]
     assert "still-fawn" in rows["gpu-worker-1"]
+    table = cluster.kubectl("get", "containers", "-n", NS).splitlines()
+    for column in ("NAME", "NODE", "VMID", "IP", "PHASE", "DEVICES", "SYNCED", "READY"):
+        assert column in table[0].split()
+    cells = {line.split()[0]: line.split() for line in table[1:]}
+    assert cells["pihole"][1:4] == ["still-fawn", "205", "192.168.4.53"]
 
 
 def test_unschedulable_gpu_claim_names_the_holder_then_gets_the_gpu(cluster: real.Cluster) -> None:
@@ -330,8 +361,8 @@ def test_claim_deleted_with_orphan(cluster: real.Cluster) -> None:
     held = reservations_of(cluster, "nixos-builder")
     assert held
     others = {
-        name: copy.deepcopy(machine(cluster, name)["status"])
-        for name in ("basic", "pinned", "frigate")
+        stem: copy.deepcopy(claim_of(cluster, stem)["status"])
+        for stem in ("basic", "pinned", "frigate", "pihole")
     }
     cluster.kubectl("delete", "machine", "nixos-builder", "-n", NS, "--wait=true", "--timeout=180s")
     assert cluster.get("xmachine", xr["metadata"]["name"]) is None
@@ -343,8 +374,8 @@ def test_claim_deleted_with_orphan(cluster: real.Cluster) -> None:
         ),
         timeout=180,
     )
-    for name, status in others.items():
-        now = machine(cluster, name)["status"]
+    for stem, status in others.items():
+        now = claim_of(cluster, stem)["status"]
         assert {k: now.get(k) for k in ("node", "vmId", "ip")} == {
             k: status.get(k) for k in ("node", "vmId", "ip")
-        }, name
+        }, stem

@@ -900,16 +900,20 @@ def example_claims() -> list[Path]:
 
 
 def apply_claims(cluster: Cluster, paths: list[Path] | None = None) -> None:
-    """Apply claims (default: every example) and wait for each to be placed or refused."""
+    """Apply claims (default: every example machine) and wait for each to be placed or refused.
+
+    A claim is a Machine or a Container; each is waited for as its own kind.
+    """
     paths = paths or example_claims()
     cluster.apply(*paths)
     for path in paths:
-        name = str(yaml.safe_load(path.read_text())["metadata"]["name"])
+        claim = yaml.safe_load(path.read_text())
+        kind, name = str(claim["kind"]).lower(), str(claim["metadata"]["name"])
 
-        def done(name: str = name) -> bool:
-            return settled(cluster.get("machine", name, CLAIMS_NS))
+        def done(kind: str = kind, name: str = name) -> bool:
+            return settled(cluster.get(kind, name, CLAIMS_NS))
 
-        cluster.wait(f"claim {name} to settle", done, timeout=300)
+        cluster.wait(f"{kind} {name} to settle", done, timeout=300)
 
 
 def settled(claim: Any) -> bool:
