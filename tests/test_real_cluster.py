@@ -35,31 +35,13 @@ pytestmark = pytest.mark.slow
 NS = real.CLAIMS_NS
 GOLDEN = realtools.ROOT / "tests" / "golden"
 CLAIMS = realtools.ROOT / "examples" / "claims"
-CONTAINERS = realtools.ROOT / "examples" / "containers"
-XRS = realtools.ROOT / "examples" / "xrs"
-
-
-def _examples() -> dict[str, tuple[Path, Path]]:
-    """Each example by its stem: its claim, and the XR Crossplane makes of it."""
-    machines = {p.stem: (p, XRS / p.name) for p in CLAIMS.glob("*.yaml")}
-    containers = {p.stem: (CONTAINERS / p.name, p) for p in (XRS / "containers").glob("*.yaml")}
-    return machines | containers
-
-
-EXAMPLES = _examples()
+# Each example's claim and XR, by stem, and the order their XRs were created in: the order the
+# golden renders place them in (placement is greedy in creation order).
+EXAMPLES, ORDER = real.EXAMPLES, real.ORDER
 
 
 def _doc(path: Path) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text()))
-
-
-def _created(stem: str) -> str:
-    return str(_doc(EXAMPLES[stem][1])["metadata"]["creationTimestamp"])
-
-
-# The example claims, by the creation time of their example XRs: the order the golden renders
-# place them in (placement is greedy in creation order).
-ORDER = sorted(EXAMPLES, key=_created)
 
 
 def _golden(stem: str) -> dict[str, list[dict[str, Any]]]:
@@ -98,8 +80,7 @@ def cluster() -> Iterator[real.Cluster]:
             pytest.fail(why)
         pytest.skip(why)
     with real.running() as c:
-        for stem in ORDER:
-            real.apply_claims(c, [EXAMPLES[stem][0]])
+        real.apply_examples(c)
         yield c
 
 

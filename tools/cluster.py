@@ -885,8 +885,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "up":
         with running(keep=args.keep) as cluster:
-            apply_claims(cluster)
+            apply_examples(cluster)
             _say(cluster.kubectl("get", "machines", "-n", CLAIMS_NS))
+            _say(cluster.kubectl("get", "containers", "-n", CLAIMS_NS))
             _say(f"logs in {cluster.workdir / 'logs'}; press Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
@@ -894,17 +895,17 @@ def main(argv: list[str] | None = None) -> int:
     return regenerate_docs()
 
 
-def example_claims() -> list[Path]:
-    """The example claims, in the order their example XRs were created."""
-    return sorted((ROOT / "examples" / "claims").glob("*.yaml"))
+def apply_examples(cluster: Cluster) -> None:
+    """Apply every example claim, one at a time in ORDER, each placed before the next."""
+    for stem in ORDER:
+        apply_claims(cluster, [EXAMPLES[stem][0]])
 
 
-def apply_claims(cluster: Cluster, paths: list[Path] | None = None) -> None:
-    """Apply claims (default: every example machine) and wait for each to be placed or refused.
+def apply_claims(cluster: Cluster, paths: list[Path]) -> None:
+    """Apply claims and wait for each to be placed or refused.
 
     A claim is a Machine or a Container; each is waited for as its own kind.
     """
-    paths = paths or example_claims()
     cluster.apply(*paths)
     for path in paths:
         claim = yaml.safe_load(path.read_text())
@@ -946,7 +947,7 @@ DOCS_END = "<!-- end of captured output -->"
 
 
 def capture_docs(cluster: Cluster) -> str:
-    """Capture `kubectl get machines` and `kubectl describe machine` as README Markdown.
+    """Capture `kubectl get machines`, `get containers` and `describe machine` as README Markdown.
 
     The examples plus a second GPU claim, refused while the first holds the GPU.
     """
@@ -959,6 +960,7 @@ def capture_docs(cluster: Cluster) -> str:
         timeout=300,
     )
     get = cluster.kubectl("get", "machines", "-n", CLAIMS_NS)
+    containers = cluster.kubectl("get", "containers", "-n", CLAIMS_NS)
     describe = cluster.kubectl("describe", "machine", "gpu-worker-2", "-n", CLAIMS_NS)
     placed = cluster.kubectl("describe", "machine", "gpu-worker-1", "-n", CLAIMS_NS)
     return "\n".join(
@@ -967,6 +969,9 @@ def capture_docs(cluster: Cluster) -> str:
             "```",
             f"$ kubectl get machines -n {CLAIMS_NS}",
             get.rstrip(),
+            "",
+            f"$ kubectl get containers -n {CLAIMS_NS}",
+            containers.rstrip(),
             "```",
             "",
             "A second GPU claim, refused while gpu-worker-1 holds the only GPU:",
@@ -1047,8 +1052,7 @@ def regenerate_docs() -> int:
             sys.stderr.write(f"README.md has no {begin!r} … {end!r} section\n")
             return 1
     with running() as cluster:
-        for stem in ORDER:
-            apply_claims(cluster, [ROOT / "examples" / "claims" / f"{stem}.yaml"])
+        apply_examples(cluster)
         captured = capture_docs(cluster)
         install_homelab(cluster)
         homelab = capture_homelab(cluster)
@@ -1058,14 +1062,31 @@ def regenerate_docs() -> int:
     return 0
 
 
+def _examples() -> dict[str, tuple[Path, Path]]:
+    """Each example by its stem: its claim, and the XR Crossplane makes of it.
+
+    The XR is the one examples/xrs/ writes out for `crossplane render`. Machines, then containers.
+    """
+    xrs = ROOT / "examples" / "xrs"
+    machines = {p.stem: (p, xrs / p.name) for p in (ROOT / "examples" / "claims").glob("*.yaml")}
+    containers = {
+        p.stem: (ROOT / "examples" / "containers" / p.name, p)
+        for p in (xrs / "containers").glob("*.yaml")
+    }
+    return machines | containers
+
+
+EXAMPLES = _examples()
+
+
 def _created(stem: str) -> str:
-    xr = yaml.safe_load((ROOT / "examples" / "xrs" / f"{stem}.yaml").read_text())
+    xr = yaml.safe_load(EXAMPLES[stem][1].read_text())
     return str(xr["metadata"]["creationTimestamp"])
 
 
 # The example claims in the order their example XRs were created: the order the golden renders
 # (tests/golden/) place them in, placement being greedy in creation order.
-ORDER = sorted((p.stem for p in (ROOT / "examples" / "claims").glob("*.yaml")), key=_created)
+ORDER = sorted(EXAMPLES, key=_created)
 
 
 if __name__ == "__main__":
