@@ -23,7 +23,7 @@ from function.errors import FabricError, canonical
 from function.memo import BoundedCache, digest
 from function.model import CROSSPLANE_SPEC_FIELDS, ContainerSpec, MachineSpec, intent
 from function.record import Held, obj
-from function.requirements import to_plain
+from function.requirements import CONTAINER_KIND, to_plain
 
 CLAIM_NAME = "crossplane.io/claim-name"
 CLAIM_NAMESPACE = "crossplane.io/claim-namespace"
@@ -49,6 +49,9 @@ class Member:
     created: str  # creationTimestamp; RFC 3339 in UTC sorts as text
     spec: MachineSpec | ContainerSpec | None  # None when the spec does not validate
     held: Held | None
+    # An XContainer (a Proxmox LXC) rather than an XMachine (a VM): known from the XR's kind
+    # even when its spec does not validate. Placement treats both alike; views count them apart.
+    is_container: bool = False
 
     @property
     def order(self) -> tuple[str, str]:
@@ -70,12 +73,14 @@ def machine_key(xr: dict[str, Any]) -> str:
     return str(meta.get("name", ""))
 
 
-CONTAINER_KIND = "XContainer"
+def is_container(xr: dict[str, Any]) -> bool:
+    """Whether an XR is an XContainer; every other XR of the fleet is a machine."""
+    return xr.get("kind") == CONTAINER_KIND
 
 
 def spec_model(xr: dict[str, Any]) -> type[MachineSpec] | type[ContainerSpec]:
     """The model of an XR's spec: XContainers are containers, everything else a machine."""
-    return ContainerSpec if xr.get("kind") == CONTAINER_KIND else MachineSpec
+    return ContainerSpec if is_container(xr) else MachineSpec
 
 
 def parse_spec(xr: dict[str, Any]) -> MachineSpec | ContainerSpec | None:
@@ -116,6 +121,7 @@ def _member(xr: dict[str, Any], spec: MachineSpec | ContainerSpec | None) -> Mem
         created=str(meta.get("creationTimestamp") or ""),
         spec=spec,
         held=record.from_status(status),
+        is_container=is_container(xr),
     )
 
 

@@ -163,7 +163,8 @@ def _status(
         "summary": {
             "nodes": len(inv.nodes),
             "schedulableNodes": len(schedulable),
-            "machines": len(members),
+            "machines": sum(1 for m in members if not m.is_container),
+            "containers": sum(1 for m in members if m.is_container),
             "placed": len(placed),
             "pending": len(pending),
             "freeMemoryMiB": free_mib,
@@ -185,6 +186,7 @@ def _nodes(inv: Inventory, ledger: Ledger, placed: list[fleet.Member]) -> list[d
     out = []
     for node in inv.nodes:
         use = ledger.nodes[node.name]
+        here = [m for m in placed if m.held is not None and m.held.node == node.name]
         capacity_mib = int(node.memory * inv.overcommit.memory) - node.reserved_mib
         entry: dict[str, Any] = {
             "name": node.name,
@@ -195,7 +197,8 @@ def _nodes(inv: Inventory, ledger: Ledger, placed: list[fleet.Member]) -> list[d
             "memoryCapacityMiB": capacity_mib,
             "memoryFreeMiB": ledger.free_memory_mib(node.name),
             "memoryFree": quantity(max(ledger.free_memory_mib(node.name), 0)),
-            "machines": sum(1 for m in placed if m.held is not None and m.held.node == node.name),
+            "machines": sum(1 for m in here if not m.is_container),
+            "containers": sum(1 for m in here if m.is_container),
         }
         if not node.schedulable and node.reason:
             entry["reason"] = node.reason

@@ -194,6 +194,7 @@ def _me(
         created=str(meta.get("creationTimestamp") or ""),
         spec=spec,
         held=held,
+        is_container=fleet.is_container(xr),
     )
 
 

@@ -34,7 +34,10 @@ class Verdict:
 
 
 def quantity(mib: int) -> str:
-    """Format MiB as a Kubernetes quantity: whole Gi when it divides, else Mi."""
+    """Format MiB as a Kubernetes quantity: whole Gi when it divides, else Mi.
+
+    Above 10Gi the Mi are dropped (rounded down: what is free is never overstated).
+    """
     if mib >= 1024 and mib % 1024 == 0:
         return f"{mib // 1024}Gi"
     if mib > 10 * 1024:

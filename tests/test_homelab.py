@@ -75,7 +75,8 @@ _EXAMPLE: list[list[dict[str, Any]]] = []
 
 def example_cluster(call: Call) -> list[dict[str, Any]]:
     if not _EXAMPLE:
-        xrs = [xpsim.load_yaml(p) for p in sorted((ROOT / "examples" / "xrs").glob("*.yaml"))]
+        # The example machines and the example container, pihole (examples/xrs/containers/).
+        xrs = [xpsim.load_yaml(p) for p in sorted((ROOT / "examples" / "xrs").rglob("*.yaml"))]
         _EXAMPLE.append(settle_fleet(call, xrs))
     return copy.deepcopy(_EXAMPLE[0])
 
@@ -97,27 +98,31 @@ def test_example_homelab_by_hand(call, v2):
     got = status(rsp)
     assert got["phase"] == "Ready"
     nodes = by(got["nodes"], "name")
-    # (name, schedulable, vCPU allocated/capacity, memory allocated/free MiB, machines):
+    # (name, schedulable, vCPU allocated/capacity, memory allocated/free MiB, machines,
+    # containers):
     # capacity is memory x 1.0 - reservedMemory; cpu x 4.0. Unmanaged guests count as allocated.
     expected = {
         # opnsense 2/4Gi, maas 2/4Gi, k3s-vm-pve 4/8Gi; 28Gi usable.
-        "pve": (True, 8, 32, 16 * GI, 12 * GI, 0),
-        # basic (small: 2/4Gi) and gpu-worker-1 (8/16Gi); 60Gi usable.
-        "still-fawn": (True, 10, 64, 20 * GI, 40 * GI, 2),
+        "pve": (True, 8, 32, 16 * GI, 12 * GI, 0, 0),
+        # basic (small: 2/4Gi), gpu-worker-1 (8/16Gi) and the pihole container (1/512Mi);
+        # 60Gi usable.
+        "still-fawn": (True, 11, 64, 20 * GI + 512, 40 * GI - 512, 2, 1),
         # pinned (small: 2/4Gi) and nixos-builder (medium: 4/16Gi); 28Gi usable.
-        "pumped-piglet": (True, 6, 48, 20 * GI, 8 * GI, 2),
-        # the frigate LXC (2/4Gi) and the frigate VM (default 2 vCPUs, 8Gi); 14Gi usable.
-        "fun-bedbug": (True, 4, 16, 12 * GI, 2 * GI, 1),
+        "pumped-piglet": (True, 6, 48, 20 * GI, 8 * GI, 2, 0),
+        # the frigate LXC (2/4Gi, not Fabric's) and the frigate VM (default 2 vCPUs, 8Gi);
+        # 14Gi usable.
+        "fun-bedbug": (True, 4, 16, 12 * GI, 2 * GI, 1, 0),
         # haos (2/6Gi); 14Gi usable, but nothing is placed there.
-        "chief-horse": (False, 2, 16, 6 * GI, 8 * GI, 0),
+        "chief-horse": (False, 2, 16, 6 * GI, 8 * GI, 0, 0),
     }
     assert list(nodes) == list(expected)
-    for name, (sched, cpu, cpu_cap, mem, free, count) in expected.items():
+    assert (got["summary"]["machines"], got["summary"]["containers"]) == (5, 1)
+    for name, (sched, cpu, cpu_cap, mem, free, count, containers) in expected.items():
         node = nodes[name]
         assert node["schedulable"] is sched, name
         assert (node["cpuAllocated"], node["cpuCapacity"]) == (cpu, cpu_cap), name
         assert (node["memoryAllocatedMiB"], node["memoryFreeMiB"]) == (mem, free), name
-        assert node["machines"] == count, name
+        assert (node["machines"], node["containers"]) == (count, containers), name
     assert nodes["chief-horse"]["reason"] == "haos-host"
     assert nodes["pve"]["memoryFree"] == "12Gi"
     assert by(got["devices"], "mapping") == {
@@ -136,30 +141,31 @@ def test_example_homelab_by_hand(call, v2):
             "holder": f"{NS}/frigate",
         },
     }
-    # VMIDs 200-204 of 200-399 (templates, 9000 and the unmanaged guests are outside the range).
-    assert got["vmids"] == {"range": "200-399", "used": 5, "free": 195}
+    # VMIDs 200-205 of 200-399 (templates, 9000 and the unmanaged guests are outside the range).
+    assert got["vmids"] == {"range": "200-399", "used": 6, "free": 194}
     networks = by(got["networks"], "name")
-    # lan: basic .200, pinned .201 (pool), frigate .60 (static); nixos-builder is on DHCP.
-    # Free: 40 pool addresses - 2 held - .210 reserved = 37.
+    # lan: basic .200, pinned .201 (pool), frigate .60 and pihole .53 (static); nixos-builder
+    # is on DHCP. Free: 40 pool addresses - 2 held - .210 reserved = 37.
     assert networks["lan"] == {
         "name": "lan",
         "cidr": "192.168.4.0/24",
         "pool": "192.168.4.200-192.168.4.239",
-        "used": 3,
+        "used": 4,
         "free": 37,
     }
     assert (networks["k3s-cluster"]["used"], networks["k3s-cluster"]["free"]) == (1, 99)
     assert (networks["iot"]["used"], networks["iot"]["free"]) == (0, 0)
     assert got["pending"] == []
-    # kubectl get homelab: 5 nodes, 12+40+8+2 = 62Gi free on schedulable nodes, no free GPU.
+    # kubectl get homelab: 5 nodes, 12+39.5+8+2 = 61.5Gi free on schedulable nodes (shown
+    # rounded down), no free GPU.
     summary = got["summary"]
     assert (summary["nodes"], summary["freeMemory"], summary["freeGpus"], summary["pending"]) == (
         5,
-        "62Gi",
+        "61Gi",
         0,
         0,
     )
-    assert summary["freeMemoryMiB"] == 62 * GI
+    assert summary["freeMemoryMiB"] == 62 * GI - 512
 
 
 def test_unplaced_fleet_shows_pending_and_held_by_unmanaged(call):
@@ -275,7 +281,7 @@ def test_real_cli_renders_the_homelab(call, address):
     assert not out.results, out.results
     real = {k: v for k, v in out.xr["status"].items() if k != "conditions"}
     assert real == status(view(call, cluster, v2=True))
-    assert real["summary"]["freeMemory"] == "62Gi"
+    assert (real["summary"]["freeMemory"], real["summary"]["containers"]) == ("61Gi", 1)
     assert {"type": "Ready", "status": "True"}.items() <= out.xr["status"]["conditions"][0].items()
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import yaml
 
+from function.fleet import is_container
 from tools import xpsim
 
 EXAMPLES = xpsim.ROOT / "examples" / "xrs"
@@ -37,7 +38,6 @@ INVENTORY = "examples/inventory.yaml"
 # The order `kubectl get -o yaml` prints an object's top-level fields in; the rest follow sorted.
 TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec", "status")
 NONE = "<none>"
-CONTAINER_KIND = "XContainer"
 SEVERITY = {
     fnv1.SEVERITY_NORMAL: "Normal",
     fnv1.SEVERITY_WARNING: "Warning",
@@ -265,8 +265,8 @@ def summary(outcomes: Sequence[Outcome]) -> str:
     As `kubectl get machines` and `kubectl get containers` print them: one table per kind.
     """
     header = ("NAME", "NODE", "VMID", "IP", "DEVICES", "PHASE")
-    containers = [o for o in outcomes if o.source.get("kind") == CONTAINER_KIND]
-    machines = [o for o in outcomes if o.source.get("kind") != CONTAINER_KIND]
+    containers = [o for o in outcomes if is_container(o.source)]
+    machines = [o for o in outcomes if not is_container(o.source)]
     tables = [table(header, map(summary_row, kind)) for kind in (machines, containers) if kind]
     out = "\n".join(tables)
     warned = [
