@@ -200,7 +200,9 @@ class Fleet(list[dict[str, Any]]):
             for xr in self:
                 m = member(xr)
                 if m.key:
-                    by_key[(m.key, isinstance(m.spec, ContainerSpec))] = m
+                    # By kind as the XR says, not as its spec parses: an invalid Container
+                    # must not stand in for the valid Machine of its name.
+                    by_key[(m.key, m.is_container)] = m
             first: dict[str, Member] = {}
             for m in sorted(by_key.values(), key=lambda m: m.order):
                 first.setdefault(m.key, m)
@@ -305,15 +307,12 @@ def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | Contain
 def same_name(xrs: Fleet, me: Member) -> Member | None:
     """A member of the other kind with this one's name, made before it: it keeps the name.
 
-    Machines and Containers share one space of names, which are their hostnames.
+    Machines and Containers share one space of names, which are their hostnames. The one made
+    first keeps it whether or not its spec is valid now: it is the one every other reconcile
+    sees under that name (Fleet.ordered), and it may hold a placement from before a bad edit.
     """
-    mine = isinstance(me.spec, ContainerSpec)
     return next(
-        (
-            m
-            for m in xrs.ordered()
-            if m.key == me.key and m.spec is not None and isinstance(m.spec, ContainerSpec) != mine
-        ),
+        (m for m in xrs.ordered() if m.key == me.key and m.is_container != me.is_container),
         None,
     )
 

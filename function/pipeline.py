@@ -31,7 +31,7 @@ from function import (
 )
 from function.demand import Demand, Spec, check_secret_namespaces, resolve
 from function.errors import FabricError, canonical, describe
-from function.model import DNS_LABEL, ContainerSpec, FunctionInput, Inventory, intent
+from function.model import DNS_LABEL, FunctionInput, Inventory, intent
 from function.outcome import Kind, Phase, Reason, Refusal
 from function.placement import Outcome, Placement, assign
 from function.requirements import Answer, to_dicts
@@ -262,7 +262,7 @@ def _place(req: Request, spec: Spec, demand: Demand, inv: Inventory) -> Outcome:
     me = _me(req.xr, req.observed_ws, spec, req.reservations, req.own_reservations)
     other = fleet.same_name(req.fleet, me)
     if other is not None:
-        kind = "Container" if isinstance(other.spec, ContainerSpec) else "Machine"
+        kind = "Container" if other.is_container else "Machine"
         msg = (
             f"metadata.name: a {kind} named {other.key} exists already, and Machines and "
             "Containers share one space of names (their hostnames); accepted: another name"

@@ -134,6 +134,16 @@ def test_a_machine_and_a_container_share_one_space_of_names(call: Any) -> None:
     assert desired_ws(reconcile(call, machine, [inventory_cm(), machine, ct])) is not None
 
 
+def test_a_machine_made_first_keeps_its_name_while_its_spec_is_invalid(call: Any) -> None:
+    # A bad edit holds the machine (and any VM it has); its name is still its hostname, and the
+    # fleet every other reconcile reads still shows the machine under it.
+    machine = xr("pihole", basic_spec(cpu="lots"), created="2026-12-01T10:00:00Z")
+    ct = container("pihole", pihole_spec(), created="2026-12-01T10:00:01Z")
+    rsp = reconcile(call, ct, [inventory_cm(), machine, ct])
+    assert desired_ws(rsp) is None
+    assert any("a Machine named infra-machines/pihole exists already" in m for m in messages(rsp))
+
+
 def test_device_passthrough_into_a_container_is_refused_with_the_reason(call: Any) -> None:
     ct = container("nvr", pihole_spec(devices=[{"class": "coral-tpu"}]))
     rsp = reconcile(call, ct, [inventory_cm(), ct])
