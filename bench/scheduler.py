@@ -23,7 +23,7 @@ import crossplane.function.proto.v1.run_function_pb2 as fnv1
 from crossplane.function import resource
 
 from bench import synthetic
-from function import fleet
+from function import fleet, wire
 from function.demand import resolve
 from function.model import Defaults, Inventory
 from function.placement import Outcome, assign
@@ -47,13 +47,13 @@ class Case:
 def prepared(machines: int, nodes: int, *, steady: bool) -> tuple[Inventory, list[fleet.Member]]:
     """The inventory model and the fleet members, as the pipeline would hand them to assign.
 
-    The fleet is read the way fn.py reads Crossplane's answer (fleet.records), so
+    The fleet is read the way the function reads Crossplane's answer (wire.fleet_of), so
     machines with the same intent share a parsed spec, as they do in production.
     """
     inv = Inventory.model_validate(synthetic.inventory(nodes))
     xrs = synthetic.fleet(machines, nodes, steady=steady)
     answer = fnv1.Resources(items=[fnv1.Resource(resource=resource.dict_to_struct(x)) for x in xrs])
-    return inv, fleet.build(fleet.records(answer), fleet.member(xrs[-1]))
+    return inv, fleet.build(wire.fleet_of(answer), fleet.member(xrs[-1]))
 
 
 def run_once(inv: Inventory, members: list[fleet.Member]) -> tuple[float, Outcome]:

@@ -13,32 +13,27 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import pydantic
-from google.protobuf import struct_pb2
 
 from function import record
 from function.demand import check_secret_namespaces
 from function.errors import FabricError, canonical
-from function.memo import BoundedCache, digest
-from function.model import CROSSPLANE_SPEC_FIELDS, ContainerSpec, MachineSpec, intent
+from function.memo import BoundedCache
+from function.model import CONTAINER_KIND, ContainerSpec, MachineSpec, intent
 from function.record import Held, obj
-from function.requirements import CONTAINER_KIND, to_plain
 
 CLAIM_NAME = "crossplane.io/claim-name"
 CLAIM_NAMESPACE = "crossplane.io/claim-namespace"
 # The parts of an XMachine the fleet is built from (see member()); the rest is never read.
 RECORD_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 RECORD_METADATA = ("name", "namespace", "uid", "creationTimestamp", "labels")
-# Bounds of the caches below (see "the fleet as Crossplane sends it, read once").
-MAX_FLEETS = 4  # one answer is current at a time; a few more cover changes in flight
-# Records take about 7 KB each. Every status write makes a new version of an XMachine, so
-# after reading a new answer the cache keeps at most twice that fleet (its current records and
-# as many older versions), and never fewer than MIN_RECORDS nor more than MAX_RECORDS.
 MAX_FLEET = 5000  # machines and containers a request may list (wire.py refuses more)
-MIN_RECORDS = 1024
-MAX_RECORDS = 2 * MAX_FLEET
 MAX_SPECS = 4096  # distinct intents; machines of one kind share one
+# Parsed specs by their intent's digest (wire.py computes it): every machine of one intent
+# shares one frozen spec, which placement then resolves once per call.
+_SPECS: BoundedCache[bytes, tuple[MachineSpec | ContainerSpec | None]] = BoundedCache(
+    "specs", MAX_SPECS
+)
 
 
 @dataclass(frozen=True)
@@ -125,24 +120,6 @@ def _member(xr: dict[str, Any], spec: MachineSpec | ContainerSpec | None) -> Mem
     )
 
 
-# --- the fleet as Crossplane sends it, read once --------------------------------------------
-#
-# Every reconcile of every machine receives the whole fleet, and in a steady state the
-# same XMachines again and again. Converting each one from protobuf and validating its
-# spec with pydantic cost most of a call with a large fleet, so the fleet is read once
-# per distinct content, at three levels, each keyed by a SHA-256 digest of canonical
-# (deterministic) protobuf bytes, so that a hit is by construction the same content:
-#
-# - the whole answer: between two changes of any XMachine, every reconcile of every
-#   machine gets the same fleet, which is then one lookup (a Fleet, members sorted once);
-# - each XMachine: when one changes, only that one is read again (a Record);
-# - each spec's intent (without Crossplane's per-XR references): machines with the same
-#   intent share one parsed MachineSpec, which placement then resolves once per call.
-#
-# The caches are bounded (least recently used entries go first) and hold only values
-# derived from request content, never anything from outside the request.
-
-
 class Record(dict[str, Any]):
     """An XMachine of the fleet as plain data, with its fleet Member computed once.
 
@@ -216,81 +193,6 @@ class Fleet(list[dict[str, Any]]):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only  # type: ignore[assignment]
     append = clear = extend = insert = _read_only  # type: ignore[assignment]
     pop = remove = reverse = sort = _read_only  # type: ignore[assignment]
-
-
-_FLEETS: BoundedCache[bytes, Fleet] = BoundedCache("fleets", MAX_FLEETS)
-_RECORDS: BoundedCache[bytes, Record] = BoundedCache("records", MAX_RECORDS)
-_SPECS: BoundedCache[bytes, tuple[MachineSpec | ContainerSpec | None]] = BoundedCache(
-    "specs", MAX_SPECS
-)
-
-
-def records(answer: fnv1.Resources) -> Fleet:
-    """The fleet Crossplane returned, as a Fleet of Records read once per distinct content."""
-    key = digest(answer)
-    fleet = _FLEETS.get(key)
-    if fleet is None:
-        fleet = Fleet([_cached_record(item.resource) for item in answer.items])
-        _FLEETS.put(key, fleet)
-        _RECORDS.trim(max(MIN_RECORDS, 2 * len(fleet)))
-    return fleet
-
-
-def _cached_record(xr: struct_pb2.Struct) -> Record:
-    # Keyed by the fields read only: a new resourceVersion or managedFields entry (every
-    # write to an XMachine makes one) does not make another record.
-    narrow = _narrowed(xr)
-    key = digest(narrow)
-    record = _RECORDS.get(key)
-    if record is None:
-        record = Record(to_plain(narrow), _intent_key(narrow.fields))
-        _RECORDS.put(key, record)
-    return record
-
-
-def _narrowed(xr: struct_pb2.Struct) -> struct_pb2.Struct:
-    """The fields the fleet is built from (RECORD_FIELDS, RECORD_METADATA), values untouched.
-
-    The other fields are never converted, so a number JSON cannot carry (NaN,
-    infinity) there no longer fails the call as the SDK's conversion did; objects
-    read from Kubernetes never hold one.
-    """
-    out = struct_pb2.Struct()
-    for name in RECORD_FIELDS:
-        if name not in xr.fields:  # `in` first: indexing a proto map inserts the key
-            continue
-        value = xr.fields[name]
-        if name == "metadata" and value.WhichOneof("kind") == "struct_value":
-            meta, kept = value.struct_value.fields, out.fields[name].struct_value
-            kept.SetInParent()  # an object, even when none of its fields is kept
-            for key in RECORD_METADATA:
-                if key in meta:
-                    kept.fields[key].CopyFrom(meta[key])
-        else:
-            out.fields[name].CopyFrom(value)
-    return out
-
-
-def _intent_key(fields: Any) -> bytes | None:
-    """Canonical bytes of the spec's intent, or None when the spec is not an object.
-
-    Without a spec, parse_spec validates an empty intent; a spec that is not an
-    object is not cached, so it fails (or not) exactly as it always did.
-    """
-    if "spec" not in fields:
-        kind = fields["kind"].string_value if "kind" in fields else ""
-        return b"\x00nospec:" + kind.encode()
-    spec = fields["spec"]
-    if spec.WhichOneof("kind") != "struct_value":
-        return None
-    wanted = struct_pb2.Struct()
-    # One intent is a different spec for a container: the kind is part of the key.
-    if "kind" in fields:
-        wanted.fields["\x00kind"].CopyFrom(fields["kind"])
-    for key, value in spec.struct_value.fields.items():
-        if key not in CROSSPLANE_SPEC_FIELDS:
-            wanted.fields[key].CopyFrom(value)
-    return digest(wanted)
 
 
 def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | ContainerSpec | None:

@@ -15,8 +15,9 @@ The caches, by owner (`caches()` lists them at run time):
 | responses               | fn                    | whole answers, by the request's digest     |
 | inputs                  | wire                  | the parsed step input                      |
 | inventories             | pipeline              | the parsed, validated inventory            |
-| fleets, records, specs  | fleet                 | the fleet as records, each XR, each intent |
-| reservation-tables      | reservations          | the Reservations table                     |
+| fleets, records         | wire                  | the fleet as records, each XR              |
+| specs                   | fleet                 | each intent's parsed spec                  |
+| reservation-tables      | wire                  | the Reservations table                     |
 | interface-ips           | placement             | the IP of a held CIDR address              |
 | modules                 | record                | a Workspace's module text, parsed          |
 | templates, site-templates | cloudinit.library   | compiled and parsed templates              |

@@ -25,6 +25,12 @@ from pydantic import (
 
 from function.backupspec import BackupRequest, Backups
 
+# The kinds of the fleet: XMachines are VMs, XContainers LXC guests; both share one scheduler,
+# one VMID space and one space of names.
+API_VERSION = "fabric.homelab.io/v1alpha1"
+MACHINE_KIND = "XMachine"
+CONTAINER_KIND = "XContainer"
+
 # --- scalar types -----------------------------------------------------------------------------
 
 _QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti)?$")
@@ -727,8 +733,8 @@ class Defaults(Strict):
 
 
 def _api_group_version(value: str) -> str:
-    if value != "fabric.homelab.io/v1alpha1":
-        msg = "accepted: fabric.homelab.io/v1alpha1"
+    if value != API_VERSION:
+        msg = f"accepted: {API_VERSION}"
         raise ValueError(msg)
     return value
 
@@ -737,7 +743,7 @@ class FunctionInput(Strict):
     """The Composition step's `input` (kind Input)."""
 
     api_version: Annotated[str, AfterValidator(_api_group_version)] = Field(
-        default="fabric.homelab.io/v1alpha1", alias="apiVersion"
+        default=API_VERSION, alias="apiVersion"
     )
     kind: Literal["Input"] = "Input"
     metadata: dict[str, Any] = Field(default_factory=dict)

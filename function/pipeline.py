@@ -34,7 +34,7 @@ from function.errors import FabricError, canonical, describe
 from function.model import DNS_LABEL, FunctionInput, Inventory, intent
 from function.outcome import Kind, Phase, Reason, Refusal
 from function.placement import Outcome, Placement, assign
-from function.requirements import Answer, to_dicts
+from function.requirements import Answer
 
 MAX_INVENTORY_BYTES = 1 << 20
 MAX_CACHED_INVENTORIES = 8  # distinct inventory texts kept parsed
@@ -137,7 +137,7 @@ def parse_inventory(answer: Answer, fn_input: FunctionInput) -> Inventory:
     if not answer.arrived:
         msg = "waiting for Crossplane to fetch the inventory"
         raise Refusal(Phase.PENDING, Reason.WAITING_FOR_INVENTORY, msg)
-    found = to_dicts(answer.items or [])
+    found = answer.items or []
     if src.namespace:
         found = [cm for cm in found if (cm.get("metadata") or {}).get("namespace") == src.namespace]
     if len(found) != 1:

@@ -93,7 +93,7 @@ class Demands:
 
     Resolving a spec scans the inventory's devices, so resolving every member of a
     large fleet on a large inventory dominated placing a machine. Fleet members
-    with the same intent share one parsed spec object (fleet.records caches them),
+    with the same intent share one parsed spec object (fleet.py caches them by intent),
     and resolve() is a pure function of (spec, inventory, defaults), which are
     fixed for the duration of one assign(): the memo returns what resolve() would.
     It is keyed by id(spec); the fleet list keeps every spec alive for the whole

@@ -16,19 +16,13 @@ from typing import Any
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 from google.protobuf import struct_pb2
 
-from function.model import InventorySource
+from function import reservations
+from function.model import API_VERSION, CONTAINER_KIND, MACHINE_KIND, InventorySource
 
 INVENTORY = "inventory"
 FLEET = "fleet"
 CONTAINERS = "containers"
 RESERVATIONS = "reservations"
-XR_API_VERSION = "fabric.homelab.io/v1alpha1"
-XR_KIND = "XMachine"
-# Containers share the fleet with machines: one scheduler, one VMID space (fleet.py).
-CONTAINER_KIND = "XContainer"
-# The Reservations every machine composes and reads (reservations.py).
-RESERVATION_API_VERSION = "fabric.homelab.io/v1alpha1"
-RESERVATION_KIND = "Reservation"
 
 
 def _selectors(source: InventorySource) -> dict[str, fnv1.ResourceSelector]:
@@ -40,12 +34,12 @@ def _selectors(source: InventorySource) -> dict[str, fnv1.ResourceSelector]:
     if source.namespace:
         inventory.namespace = source.namespace
     # An empty label selector matches every XMachine (in every namespace).
-    fleet = fnv1.ResourceSelector(api_version=XR_API_VERSION, kind=XR_KIND)
+    fleet = fnv1.ResourceSelector(api_version=API_VERSION, kind=MACHINE_KIND)
     fleet.match_labels.SetInParent()
-    containers = fnv1.ResourceSelector(api_version=XR_API_VERSION, kind=CONTAINER_KIND)
+    containers = fnv1.ResourceSelector(api_version=API_VERSION, kind=CONTAINER_KIND)
     containers.match_labels.SetInParent()
     # Every Reservation (cluster-scoped; reservations.py), likewise by an empty selector.
-    held = fnv1.ResourceSelector(api_version=RESERVATION_API_VERSION, kind=RESERVATION_KIND)
+    held = fnv1.ResourceSelector(api_version=reservations.API_VERSION, kind=reservations.KIND)
     held.match_labels.SetInParent()
     return {INVENTORY: inventory, FLEET: fleet, CONTAINERS: containers, RESERVATIONS: held}
 
@@ -59,9 +53,9 @@ def declare(rsp: fnv1.RunFunctionResponse, source: InventorySource) -> None:
 
 @dataclass(frozen=True)
 class Answer:
-    """Crossplane's answer to one requirement: None when it has not answered yet."""
+    """Crossplane's answer to one requirement, as plain objects: None until it has answered."""
 
-    items: list[fnv1.Resource] | None
+    items: list[dict[str, Any]] | None
 
     @property
     def arrived(self) -> bool:
@@ -72,7 +66,7 @@ class Answer:
 def answer(req: fnv1.RunFunctionRequest, name: str) -> Answer:
     """The resources Crossplane returned for a requirement, from whichever field it used."""
     found = resources(req, name)
-    return Answer(None if found is None else list(found.items))
+    return Answer(None if found is None else to_dicts(list(found.items)))
 
 
 def fleet_resources(req: fnv1.RunFunctionRequest) -> fnv1.Resources | None:

@@ -24,15 +24,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import crossplane.function.proto.v1.run_function_pb2 as fnv1
-
-from function import record
-from function.memo import BoundedCache, digest
+from function import model, record
 from function.record import Held, obj
-from function.requirements import RESERVATION_API_VERSION as API_VERSION
-from function.requirements import RESERVATION_KIND as KIND
-from function.requirements import to_plain
 
+# The Reservations every machine composes, and reads back as the table of who holds what.
+API_VERSION = model.API_VERSION
+KIND = "Reservation"
 LABEL = "fabric.homelab.io/reservation"
 # Composed resource names (the function's keys in desired/observed) start with this.
 PREFIX = "reservation-"
@@ -133,21 +130,6 @@ class Table:
     def taken_from(self, key: str, held: Held) -> list[Thing]:
         """The things of a placement that the table shows held by another machine."""
         return [t for t in things(held) if self.holder.get(t, key) != key]
-
-
-# Tables read, by a digest of the answer's bytes: every machine of a steady fleet is sent the
-# same table again and again, and reading thousands of Reservations was most of a call.
-_TABLES: BoundedCache[bytes, Table] = BoundedCache("reservation-tables", 8)
-
-
-def table(answer: fnv1.Resources) -> Table:
-    """The table Crossplane returned, read once per distinct content."""
-    key = digest(answer)
-    found = _TABLES.get(key)
-    if found is None:
-        found = Table.of([to_plain(item.resource) for item in answer.items])
-        _TABLES.put(key, found)
-    return found
 
 
 def own(observed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -12,17 +12,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import crossplane.function.proto.v1.run_function_pb2 as fnv1
-
 from function import record, workspace
 from function.model import Inventory
 from function.outcome import Kind, Phase, Reason
 from function.placement import Placement
 from function.record import obj
 
-TARGET = fnv1.TARGET_COMPOSITE_AND_CLAIM
 # Terraform errors can be long; the claim shows the part a person reads first.
 MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A condition of the XR, copied to the claim: what `kubectl describe machine` lists."""
+
+    kind: Kind
+    ok: bool
+    reason: Reason
+    message: str = ""
 
 
 @dataclass
@@ -34,7 +41,7 @@ class Report:
     placement: Placement | None = None
     warnings: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-    conditions: list[fnv1.Condition] = field(default_factory=list)
+    conditions: list[Condition] = field(default_factory=list)
     backup: dict[str, str] | None = None  # the backup job of the claim (backupspec.py)
 
     def warn(self, message: str) -> None:
@@ -53,12 +60,8 @@ class Report:
 
     def condition(self, kind: Kind, *, ok: bool, reason: Reason, message: str = "") -> None:
         """Set a condition on the XR and the claim (a later one of the same type wins)."""
-        self.conditions = [c for c in self.conditions if c.type != kind]
-        state = fnv1.STATUS_CONDITION_TRUE if ok else fnv1.STATUS_CONDITION_FALSE
-        cond = fnv1.Condition(type=kind, status=state, reason=reason, target=TARGET)
-        if message:
-            cond.message = _clip(message)
-        self.conditions.append(cond)
+        self.conditions = [c for c in self.conditions if c.kind != kind]
+        self.conditions.append(Condition(kind, ok, reason, _clip(message)))
 
 
 def _clip(message: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import pydantic
 from crossplane.function import resource, response
+from google.protobuf import struct_pb2
 
 from function import (
     backups,
@@ -27,8 +28,10 @@ from function import (
     workspace,
 )
 from function.errors import canonical, describe
-from function.model import FunctionInput
+from function.model import CROSSPLANE_SPEC_FIELDS, FunctionInput
 
+# Conditions and events land on the XR and on its claim: `kubectl describe machine` shows them.
+TARGET = fnv1.TARGET_COMPOSITE_AND_CLAIM
 MAX_REQUEST_BYTES = 8 << 20
 # A Composition has one input, so a handful of entries covers every Composition of a cluster.
 MAX_INPUTS = 16
@@ -76,15 +79,13 @@ def composite(req: fnv1.RunFunctionRequest) -> dict[str, Any]:
 
 
 def _fleet(req: fnv1.RunFunctionRequest) -> fleet.Fleet | None:
-    # Records hold only what the fleet is built from, read once per distinct content.
     found = requirements.fleet_resources(req)
-    return None if found is None else fleet.records(found)
+    return None if found is None else fleet_of(found)
 
 
 def _table(req: fnv1.RunFunctionRequest) -> reservations.Table | None:
-    # Read once per distinct content, like the fleet.
     held = requirements.resources(req, requirements.RESERVATIONS)
-    return None if held is None else reservations.table(held)
+    return None if held is None else table_of(held)
 
 
 def machine_request(
@@ -130,6 +131,109 @@ def _observed_reservations(req: fnv1.RunFunctionRequest) -> dict[str, dict[str, 
     }
 
 
+# --- the fleet and the Reservations, read once per distinct content -------------------------
+#
+# Every reconcile of every machine receives the whole fleet and every Reservation, and in a
+# steady state the same ones again and again. Converting each XR from protobuf and validating
+# its spec cost most of a call with a large fleet, so both are read once per distinct content,
+# keyed by a SHA-256 of deterministic protobuf bytes (a hit is by construction the same
+# content): the fleet at three levels, the whole answer (a Fleet, members sorted once), each
+# XR (a Record: when one changes only that one is read again) and each spec's intent without
+# Crossplane's per-XR references (machines of one intent share one parsed spec, fleet.py);
+# the Reservations as one Table. Bounded, least recently used first out (memo.py).
+
+MAX_FLEETS = 4  # one answer is current at a time; a few more cover changes in flight
+# Records take about 7 KB each. Every status write makes a new version of an XR, so after
+# reading a new answer the cache keeps at most twice that fleet (its current records and as
+# many older versions), and never fewer than MIN_RECORDS nor more than MAX_RECORDS.
+MIN_RECORDS = 1024
+MAX_RECORDS = 2 * fleet.MAX_FLEET
+MAX_TABLES = 8
+_FLEETS: memo.BoundedCache[bytes, fleet.Fleet] = memo.BoundedCache("fleets", MAX_FLEETS)
+_RECORDS: memo.BoundedCache[bytes, fleet.Record] = memo.BoundedCache("records", MAX_RECORDS)
+_TABLES: memo.BoundedCache[bytes, reservations.Table] = memo.BoundedCache(
+    "reservation-tables", MAX_TABLES
+)
+
+
+def fleet_of(answer: fnv1.Resources) -> fleet.Fleet:
+    """The fleet Crossplane returned, as a Fleet of Records read once per distinct content."""
+    key = memo.digest(answer)
+    found = _FLEETS.get(key)
+    if found is None:
+        found = fleet.Fleet([_record(item.resource) for item in answer.items])
+        _FLEETS.put(key, found)
+        _RECORDS.trim(max(MIN_RECORDS, 2 * len(found)))
+    return found
+
+
+def table_of(answer: fnv1.Resources) -> reservations.Table:
+    """The Reservations Crossplane returned, as the table of who holds what."""
+    key = memo.digest(answer)
+    found = _TABLES.get(key)
+    if found is None:
+        found = reservations.Table.of([requirements.to_plain(i.resource) for i in answer.items])
+        _TABLES.put(key, found)
+    return found
+
+
+def _record(xr: struct_pb2.Struct) -> fleet.Record:
+    # Keyed by the fields read only: a new resourceVersion or managedFields entry (every
+    # write to an XR makes one) does not make another record.
+    narrow = _narrowed(xr)
+    key = memo.digest(narrow)
+    found = _RECORDS.get(key)
+    if found is None:
+        found = fleet.Record(requirements.to_plain(narrow), _intent_key(narrow.fields))
+        _RECORDS.put(key, found)
+    return found
+
+
+def _narrowed(xr: struct_pb2.Struct) -> struct_pb2.Struct:
+    """The fields the fleet is built from (RECORD_FIELDS, RECORD_METADATA), values untouched.
+
+    The other fields are never converted, so a number JSON cannot carry (NaN,
+    infinity) there does not fail the call as the SDK's conversion would; objects
+    read from Kubernetes never hold one.
+    """
+    out = struct_pb2.Struct()
+    for name in fleet.RECORD_FIELDS:
+        if name not in xr.fields:  # `in` first: indexing a proto map inserts the key
+            continue
+        value = xr.fields[name]
+        if name == "metadata" and value.WhichOneof("kind") == "struct_value":
+            meta, kept = value.struct_value.fields, out.fields[name].struct_value
+            kept.SetInParent()  # an object, even when none of its fields is kept
+            for key in fleet.RECORD_METADATA:
+                if key in meta:
+                    kept.fields[key].CopyFrom(meta[key])
+        else:
+            out.fields[name].CopyFrom(value)
+    return out
+
+
+def _intent_key(fields: Any) -> bytes | None:
+    """The digest of the spec's intent, or None when the spec is not an object.
+
+    Without a spec, parse_spec validates an empty intent; a spec that is not an
+    object is not cached, so it fails (or not) exactly as it always did.
+    """
+    if "spec" not in fields:
+        kind = fields["kind"].string_value if "kind" in fields else ""
+        return b"\x00nospec:" + kind.encode()
+    spec = fields["spec"]
+    if spec.WhichOneof("kind") != "struct_value":
+        return None
+    wanted = struct_pb2.Struct()
+    # One intent is a different spec for a container: the kind is part of the key.
+    if "kind" in fields:
+        wanted.fields["\x00kind"].CopyFrom(fields["kind"])
+    for key, value in spec.struct_value.fields.items():
+        if key not in CROSSPLANE_SPEC_FIELDS:
+            wanted.fields[key].CopyFrom(value)
+    return memo.digest(wanted)
+
+
 # --- writing --------------------------------------------------------------------------------
 
 
@@ -171,9 +275,7 @@ def _hold_or_fail(
         response.fatal(rsp, fatal)
         return
     hold_observed(req, rsp)
-    rsp.results.append(
-        fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=warning, target=status.TARGET)
-    )
+    rsp.results.append(fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=warning, target=TARGET))
 
 
 def write(rsp: fnv1.RunFunctionResponse, decision: pipeline.Decision) -> None:
@@ -188,16 +290,24 @@ def write(rsp: fnv1.RunFunctionResponse, decision: pipeline.Decision) -> None:
         rsp.desired.resources[name].ready = fnv1.READY_TRUE
     resource.update(rsp.desired.composite, {"status": decision.xr_status})
     rsp.desired.composite.ready = fnv1.READY_TRUE if decision.ready else fnv1.READY_FALSE
-    rsp.conditions.extend(report.conditions)
+    rsp.conditions.extend(_condition(c) for c in report.conditions)
     for message in report.warnings:
         rsp.results.append(
-            fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=message, target=status.TARGET)
+            fnv1.Result(severity=fnv1.SEVERITY_WARNING, message=message, target=TARGET)
         )
     for message in report.notices:
         rsp.results.append(
-            fnv1.Result(severity=fnv1.SEVERITY_NORMAL, message=message, target=status.TARGET)
+            fnv1.Result(severity=fnv1.SEVERITY_NORMAL, message=message, target=TARGET)
         )
     rsp.meta.ttl.FromTimedelta(decision.ttl)
+
+
+def _condition(condition: status.Condition) -> fnv1.Condition:
+    state = fnv1.STATUS_CONDITION_TRUE if condition.ok else fnv1.STATUS_CONDITION_FALSE
+    out = fnv1.Condition(type=condition.kind, status=state, reason=condition.reason, target=TARGET)
+    if condition.message:
+        out.message = condition.message
+    return out
 
 
 def write_homelab(rsp: fnv1.RunFunctionResponse, found: homelab.View) -> None:

@@ -1085,6 +1085,19 @@ def test_every_document_the_repository_names_is_in_it() -> None:
     assert design == [], "DESIGN.md is not in the repository: cite docs/invariants.md"
 
 
+def test_only_the_edge_touches_protobuf() -> None:
+    """Data flows one way: the request is read and the response written at the edge; admission,
+    placement and rendering see plain data (README's Layout, wire.py)."""
+    sdk = re.compile(r"^\s*(?:import|from)\s+(?:google\.protobuf|crossplane\.function)\b", re.M)
+    touching = sorted(
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "function").rglob("*.py")
+        if sdk.search(p.read_text(encoding="utf-8"))
+    )
+    edge = ["function/fn.py", "function/main.py", "function/requirements.py", "function/wire.py"]
+    assert touching == edge
+
+
 def test_the_readme_explains_every_condition_reason() -> None:
     """Alerts match on reasons: README's table lists exactly those outcome.Reason names."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import crossplane.function.proto.v1.run_function_pb2 as fnv1
 import pytest
-from crossplane.function import resource
 
 from function import fleet
 from tests.unit.build import KEY
@@ -80,6 +78,6 @@ CASES = [
 def test_the_fleet_keeps_one_guest_per_name(
     xrs: list[dict[str, Any]], want: list[tuple[str, bool, bool]]
 ) -> None:
-    answer = fnv1.Resources(items=[fnv1.Resource(resource=resource.dict_to_struct(x)) for x in xrs])
-    got = [(m.key, m.is_container, m.spec is not None) for m in fleet.records(answer).ordered()]
+    records = fleet.Fleet([fleet.Record(x, spec_key=None) for x in xrs])
+    got = [(m.key, m.is_container, m.spec is not None) for m in records.ordered()]
     assert got == want
