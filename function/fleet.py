@@ -199,11 +199,7 @@ def _cached_spec(key: bytes | None, xr: dict[str, Any]) -> MachineSpec | Contain
     """parse_spec(xr), shared by every XMachine whose intent has these canonical bytes."""
     if key is None:
         return parse_spec(xr)
-    hit = _SPECS.get(key)
-    if hit is None:
-        hit = (parse_spec(xr),)
-        _SPECS.put(key, hit)
-    return hit[0]
+    return _SPECS.get_or_compute(key, lambda: (parse_spec(xr),))[0]
 
 
 def same_name(xrs: Fleet, me: Member) -> Member | None:

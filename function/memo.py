@@ -20,6 +20,7 @@ The caches, by owner (`caches()` lists them at run time):
 | reservation-tables      | wire                  | the Reservations table                     |
 | interface-ips           | placement             | the IP of a held CIDR address              |
 | modules                 | record                | a Workspace's module text, parsed          |
+| documents               | cloudinit.composer    | rendered user-data, by the guest's facts   |
 | templates, site-templates | cloudinit.library   | compiled and parsed templates              |
 | builtin-templates       | cloudinit.library     | the templates shipped with the function    |
 | rendered-yaml           | cloudinit.library     | rendered user-data, parsed back            |
@@ -68,6 +69,18 @@ class BoundedCache(Generic[K, V]):
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
+    def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
+        """The cached value, or compute()'s, remembered; an exception is not.
+
+        compute runs outside the lock: two threads that miss at once both compute, and
+        since every value is a function of its key, either answer is the answer.
+        """
+        value = self.get(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
+        return value
+
     def trim(self, size: int) -> None:
         """Forget the least recently used entries until at most `size` remain."""
         with self._lock:
@@ -101,12 +114,8 @@ def memoize(name: str, size: int) -> Callable[[Callable[P, R]], Callable[P, R]]:
         def cached(*args: P.args, **kwargs: P.kwargs) -> R:
             if kwargs:
                 return compute(*args, **kwargs)
-            hit = cache.get(args)
-            if hit is None:
-                # Boxed, so that a function returning None is cached too.
-                hit = (compute(*args, **kwargs),)
-                cache.put(args, hit)
-            return hit[0]
+            # Boxed, so that a function returning None is cached too.
+            return cache.get_or_compute(args, lambda: (compute(*args, **kwargs),))[0]
 
         return cached
 

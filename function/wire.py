@@ -49,11 +49,10 @@ def parse_input(req: fnv1.RunFunctionRequest) -> FunctionInput | str:
     canonical bytes identify, so a cached parse is the parse.
     """
     key = req.input.SerializeToString(deterministic=True) if req.HasField("input") else b""
-    parsed = _INPUTS.get(key)
-    if parsed is None:
-        parsed = _validate_input(requirements.to_plain(req.input) if req.HasField("input") else {})
-        _INPUTS.put(key, parsed)
-    return parsed
+    return _INPUTS.get_or_compute(
+        key,
+        lambda: _validate_input(requirements.to_plain(req.input) if req.HasField("input") else {}),
+    )
 
 
 def _validate_input(raw: dict[str, Any]) -> FunctionInput | str:
@@ -169,24 +168,20 @@ def fleet_of(answer: fnv1.Resources) -> fleet.Fleet:
 
 def table_of(answer: fnv1.Resources) -> reservations.Table:
     """The Reservations Crossplane returned, as the table of who holds what."""
-    key = memo.digest(answer)
-    found = _TABLES.get(key)
-    if found is None:
-        found = reservations.Table.of([requirements.to_plain(i.resource) for i in answer.items])
-        _TABLES.put(key, found)
-    return found
+    return _TABLES.get_or_compute(
+        memo.digest(answer),
+        lambda: reservations.Table.of([requirements.to_plain(i.resource) for i in answer.items]),
+    )
 
 
 def _record(xr: struct_pb2.Struct) -> fleet.Record:
     # Keyed by the fields read only: a new resourceVersion or managedFields entry (every
     # write to an XR makes one) does not make another record.
     narrow = _narrowed(xr)
-    key = memo.digest(narrow)
-    found = _RECORDS.get(key)
-    if found is None:
-        found = fleet.Record(requirements.to_plain(narrow), _intent_key(narrow.fields))
-        _RECORDS.put(key, found)
-    return found
+    return _RECORDS.get_or_compute(
+        memo.digest(narrow),
+        lambda: fleet.Record(requirements.to_plain(narrow), _intent_key(narrow.fields)),
+    )
 
 
 def _narrowed(xr: struct_pb2.Struct) -> struct_pb2.Struct:
