@@ -9,11 +9,9 @@ break another's syntax, and the same facts always give the same bytes.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import re
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -22,6 +20,7 @@ from function.cloudinit import library, nixos
 from function.cloudinit.facts import GuestFacts
 from function.cloudinit.library import Template
 from function.errors import FabricError, show_value
+from function.memo import BoundedCache
 
 HEADER = "#cloud-config\n"
 # A budget rather than a Proxmox limit (snippets take more): past 64 KiB a template went wrong,
@@ -42,8 +41,7 @@ _NIXOS_UNIT_DIR = "/etc/systemd/system"
 
 
 MAX_CACHED_DOCUMENTS = 512  # one per machine of a large fleet is plenty: each is < 64 KiB
-_documents: collections.OrderedDict[str, str] = collections.OrderedDict()
-_documents_lock = threading.Lock()
+_documents: BoundedCache[str, str] = BoundedCache("documents", MAX_CACHED_DOCUMENTS)
 
 
 def compose(facts: GuestFacts) -> str:
@@ -53,18 +51,7 @@ def compose(facts: GuestFacts) -> str:
     rendering was most of a small call's time. The key is the facts' repr, which
     spells out every value exactly; refusals raise every time (never cached).
     """
-    key = repr(facts)
-    with _documents_lock:
-        hit = _documents.get(key)
-        if hit is not None:
-            _documents.move_to_end(key)
-            return hit
-    text = _compose(facts)
-    with _documents_lock:
-        _documents[key] = text
-        if len(_documents) > MAX_CACHED_DOCUMENTS:
-            _documents.popitem(last=False)
-    return text
+    return _documents.get_or_compute(repr(facts), lambda: _compose(facts))
 
 
 def _compose(facts: GuestFacts) -> str:
