@@ -46,7 +46,7 @@ class Member:
     held: Held | None
     # An XContainer (a Proxmox LXC) rather than an XMachine (a VM): known from the XR's kind
     # even when its spec does not validate. Placement treats both alike; views count them apart.
-    is_container: bool = False
+    is_container: bool
 
     @property
     def order(self) -> tuple[str, str]:
@@ -100,24 +100,29 @@ def home_namespace(key: str) -> str | None:
     return key.split("/", 1)[0] if "/" in key else None
 
 
-def _member(xr: dict[str, Any], spec: MachineSpec | ContainerSpec | None) -> Member:
+def identified(
+    xr: dict[str, Any], spec: MachineSpec | ContainerSpec | None, held: Held | None
+) -> Member:
+    """The member an XR is, with the spec and the placement its reader found for it."""
     meta = obj(xr.get("metadata"))
-    status = obj(xr.get("status"))
-    key = machine_key(xr)
+    return Member(
+        key=machine_key(xr),
+        created=str(meta.get("creationTimestamp") or ""),
+        spec=spec,
+        held=held,
+        is_container=is_container(xr),
+    )
+
+
+def _member(xr: dict[str, Any], spec: MachineSpec | ContainerSpec | None) -> Member:
     if spec is not None:
         # The machine's own reconcile refuses such a claim before placing it (admission):
         # no other machine may count it as pending either.
         try:
-            check_secret_namespaces(spec, home_namespace(key))
+            check_secret_namespaces(spec, home_namespace(machine_key(xr)))
         except FabricError:
             spec = None
-    return Member(
-        key=key,
-        created=str(meta.get("creationTimestamp") or ""),
-        spec=spec,
-        held=record.from_status(status),
-        is_container=is_container(xr),
-    )
+    return identified(xr, spec, record.from_status(obj(xr.get("status"))))
 
 
 class Record(dict[str, Any]):

@@ -188,14 +188,7 @@ def _me(
         held = None
     else:
         held = _attempt(xr, table, own or {})
-    meta = fleet.obj(xr.get("metadata"))
-    return fleet.Member(
-        key=fleet.machine_key(xr),
-        created=str(meta.get("creationTimestamp") or ""),
-        spec=spec,
-        held=held,
-        is_container=fleet.is_container(xr),
-    )
+    return fleet.identified(xr, spec, held)
 
 
 def _attempt(

@@ -76,7 +76,7 @@ def demand(inv: Inventory, **extra: Any) -> Demand:
 
 def member(key: str, created: str, held: Held | None = None, **extra: Any) -> Member:
     """A fleet member; `extra` are its claim's spec fields."""
-    return Member(key=key, created=created, spec=spec(**extra), held=held)
+    return Member(key=key, created=created, spec=spec(**extra), held=held, is_container=False)
 
 
 def adoption(node: str, vmid: int, devices: tuple[str, ...] = ()) -> MachineSpec:

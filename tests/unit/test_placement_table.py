@@ -29,7 +29,8 @@ class Case:
 
 
 def adopting(key: str, node: str, vmid: int, *devices: str, held: Held | None = None) -> Member:
-    return Member(key=key, created=T2, spec=adoption(node, vmid, devices), held=held)
+    spec = adoption(node, vmid, devices)
+    return Member(key=key, created=T2, spec=spec, held=held, is_container=False)
 
 
 def fresh(node: str, vmid: int, address: str | None = None, **more: Any) -> Outcome:
