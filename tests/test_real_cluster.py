@@ -84,12 +84,6 @@ def cluster() -> Iterator[real.Cluster]:
         yield c
 
 
-def machine(c: real.Cluster, name: str) -> dict[str, Any]:
-    claim = c.get("machine", name, NS)
-    assert claim is not None, f"claim {name} is gone"
-    return dict(claim)
-
-
 def claim_of(c: real.Cluster, stem: str) -> dict[str, Any]:
     """An example's claim as the API server holds it: a Machine or a Container."""
     kind = str(_doc(EXAMPLES[stem][0])["kind"]).lower()
@@ -282,7 +276,7 @@ def test_unschedulable_gpu_claim_names_the_holder_then_gets_the_gpu(cluster: rea
 
 
 def test_bad_edit_is_held_and_the_workspace_untouched(cluster: real.Cluster) -> None:
-    claim = machine(cluster, "basic")
+    claim = claim_of(cluster, "basic")
     xr = xr_of(cluster, claim)
     (before,) = workspaces_of(cluster, xr)
     cluster.kubectl(
@@ -333,7 +327,7 @@ def before_vmid(ws: dict[str, Any]) -> int:
 
 
 def test_claim_deleted_with_orphan(cluster: real.Cluster) -> None:
-    claim = machine(cluster, "nixos-builder")
+    claim = claim_of(cluster, "nixos")
     assert claim["spec"]["deletionPolicy"] == "Orphan"
     xr = xr_of(cluster, claim)
     (ws,) = workspaces_of(cluster, xr)
